@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Set up a virtual environment and run the demo or the whole test suite.
+
+    python3 dev.py demo [ARGS...]   run examples/rpc_mux.py (ARGS go to the demo)
+    python3 dev.py test [ARGS...]   lint, type-check and run the tests (ARGS go to pytest)
+
+Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
+this script if it does not exist yet, and installs what it needs into it; nothing
+else is needed beforehand. Only the standard library is used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+EXTRAS = {"demo": "trio,uvloop", "test": "test"}
+
+
+def run(*cmd: str | Path) -> None:
+    print("+", " ".join(str(part) for part in cmd), flush=True)
+    result = subprocess.run([str(part) for part in cmd], cwd=ROOT, check=False)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def ensure_venv(path: Path, extras: str) -> Path:
+    """Create the environment if needed and install the project with ``extras``."""
+    bindir = path / ("Scripts" if os.name == "nt" else "bin")
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
+    if not python.exists():
+        print(f"Creating {path} with Python {sys.version.split()[0]}", flush=True)
+        venv.create(path, with_pip=True, clear=True)
+        run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    # Reinstall only when the project metadata or the requested extras changed.
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + extras.encode()
+    ).hexdigest()
+    stamp = path / f".installed-{extras.replace(',', '-')}"
+    if not stamp.exists() or stamp.read_text() != digest:
+        run(python, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+        stamp.write_text(digest)
+    return python
+
+
+def demo(python: Path, args: list[str]) -> None:
+    run(python, ROOT / "examples" / "rpc_mux.py", *args)
+
+
+def test(python: Path, args: list[str]) -> None:
+    bindir = python.parent
+    run(bindir / "ruff", "check", ".")
+    run(bindir / "ruff", "format", "--check", ".")
+    run(python, "-m", "mypy")
+    run(bindir / "pyright")
+    run(bindir / "pyright", "--verifytypes", "anyio_waitmap", "--ignoreexternal")
+    # pytest exits with 5 when it collected no test: that fails here too.
+    run(python, "-m", "pytest", *args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["demo", "test"])
+    parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args()
+    python = ensure_venv(options.venv.resolve(), EXTRAS[options.command])
+    {"demo": demo, "test": test}[options.command](python, options.args)
+
+
+if __name__ == "__main__":
+    main()
