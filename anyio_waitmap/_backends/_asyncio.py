@@ -1,0 +1,92 @@
+"""Parking on asyncio (and uvloop): one loop future per parked task."""
+
+from __future__ import annotations
+
+import math
+import sys
+from asyncio import AbstractEventLoop, CancelledError, Future, current_task
+from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
+from typing import TYPE_CHECKING, Any, Final
+
+from anyio import current_effective_deadline
+from anyio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+)
+
+if TYPE_CHECKING:
+    from .._parking import ParkedTask
+
+_HAS_UNCANCEL: Final = sys.version_info >= (3, 11)
+
+
+def _release(future: Future[None]) -> None:
+    # Runs in the loop thread, scheduled from another thread. The future may have
+    # been cancelled meanwhile (its task was cancelled); the task then sees that
+    # it was woken and keeps the value.
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncioBinding:
+    """Parks tasks of one asyncio event loop on futures of that loop."""
+
+    __slots__ = ("_loop",)
+
+    name: Final = "asyncio"
+    cancelled: Final = CancelledError
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def new_handle(self) -> Future[None]:
+        return self._loop.create_future()
+
+    async def park(self, task: ParkedTask[Any]) -> None:
+        await task._handle  # pyright: ignore[reportPrivateUsage]
+
+    def unpark(self, handle: Future[None]) -> bool:
+        loop = self._loop
+        if _get_running_loop() is loop:
+            # Same thread: a cancelled future means the task is already on its way
+            # out of park() and will find the value there.
+            if not handle.done():
+                handle.set_result(None)
+            return True
+        # uvloop does not refuse callbacks once closed, so check first; a closed
+        # loop will never run the task again.
+        if loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(_release, handle)
+        except RuntimeError:  # closed between the check and the call
+            return False
+        return True
+
+    def keep_cancellation(self, exc: BaseException) -> None:
+        if current_effective_deadline() == -math.inf:
+            # An anyio cancel scope is cancelled: anyio delivers the cancellation
+            # again at the next checkpoint by itself, and keeps its own count.
+            return
+        task = current_task()
+        assert task is not None
+        message = exc.args[0] if exc.args else None
+        if _HAS_UNCANCEL:
+            # Keep Task.cancelling() where it was, so that asyncio.timeout() and
+            # TaskGroup still recognise the cancellation as theirs.
+            task.uncancel()
+        task.cancel(message)
+
+    async def checkpoint(self) -> None:
+        await checkpoint()
+
+    async def checkpoint_if_cancelled(self) -> None:
+        await checkpoint_if_cancelled()
+
+    async def yield_keeping_value(self) -> None:
+        try:
+            await cancel_shielded_checkpoint()
+        except CancelledError as exc:
+            # Only a native Task.cancel() gets through an anyio shield.
+            self.keep_cancellation(exc)

@@ -1,0 +1,56 @@
+"""The interface every event loop binding provides."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .._parking import ParkedTask
+
+
+class Binding(Protocol):
+    """How to park and unpark tasks of one running event loop."""
+
+    #: ``"asyncio"`` or ``"trio"``.
+    name: str
+    #: The exception a cancellation raises in a task of this loop.
+    cancelled: type[BaseException]
+
+    def new_handle(self) -> Any:
+        """Make what :meth:`park` waits on and :meth:`unpark` releases.
+
+        Called by the task that is about to park.
+        """
+
+    async def park(self, task: ParkedTask[Any]) -> None:
+        """Suspend the current task until :meth:`unpark` is called on its handle.
+
+        Raises the backend's cancellation exception if the task is cancelled first;
+        on trio, only after ``task._abort()`` agreed to it.
+        """
+
+    def unpark(self, handle: Any) -> bool:
+        """Resume the task parked on ``handle``; callable from any thread.
+
+        Called at most once per handle. Returns False only if the task can never
+        resume because its event loop has finished.
+        """
+
+    def keep_cancellation(self, exc: BaseException) -> None:
+        """Re-arm a cancellation that was caught to keep a handed-over value.
+
+        The cancellation is then raised at the task's next checkpoint.
+        """
+
+    async def checkpoint(self) -> None:
+        """Check for cancellation and let other tasks run."""
+
+    async def checkpoint_if_cancelled(self) -> None:
+        """Raise the cancellation if the task is cancelled; do not otherwise yield."""
+
+    async def yield_keeping_value(self) -> None:
+        """Let other tasks run without raising a cancellation.
+
+        Used after a value was consumed: a cancellation that arrives meanwhile is
+        re-armed for the next checkpoint instead of losing the value.
+        """

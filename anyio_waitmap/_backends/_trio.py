@@ -1,0 +1,88 @@
+"""Parking on trio: ``wait_task_rescheduled`` with an abort function that unlinks."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from trio.lowlevel import (
+    Abort,
+    RaiseCancelT,
+    RunVar,
+    Task,
+    TrioToken,
+    cancel_shielded_checkpoint,
+    current_task,
+    current_trio_token,
+    in_trio_run,
+    reschedule,
+    wait_task_rescheduled,
+)
+
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+if TYPE_CHECKING:
+    from .._parking import ParkedTask
+
+
+class TrioBinding:
+    """Parks tasks of one ``trio.run`` with ``wait_task_rescheduled``."""
+
+    __slots__ = ("_thread", "_token")
+
+    name: Final = "trio"
+    cancelled: Final = trio.Cancelled
+
+    def __init__(self) -> None:
+        self._token: TrioToken = current_trio_token()
+        self._thread = threading.get_ident()
+
+    def new_handle(self) -> Task:
+        return current_task()
+
+    async def park(self, task: ParkedTask[Any]) -> None:
+        def abort(raise_cancel: RaiseCancelT) -> Abort:
+            # Runs in the run's thread while the task is parked; must not raise.
+            return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]
+
+        await wait_task_rescheduled(abort)
+
+    def unpark(self, handle: Task) -> bool:
+        if threading.get_ident() == self._thread and in_trio_run():
+            reschedule(handle)
+            return True
+        try:
+            self._token.run_sync_soon(reschedule, handle)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def keep_cancellation(self, exc: BaseException) -> None:  # pragma: no cover
+        # Never needed: once a task was woken, its abort function refuses the
+        # cancellation and trio delivers it at the next checkpoint by itself.
+        raise AssertionError("unreachable on trio")
+
+    async def checkpoint(self) -> None:
+        await checkpoint()
+
+    async def checkpoint_if_cancelled(self) -> None:
+        await checkpoint_if_cancelled()
+
+    async def yield_keeping_value(self) -> None:
+        await cancel_shielded_checkpoint()
+
+
+_binding: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
+
+
+def current_trio_binding() -> TrioBinding | None:
+    """The binding of the trio run in this thread, or None outside of one."""
+    if not in_trio_run():
+        return None
+    try:
+        return _binding.get()
+    except LookupError:
+        binding = TrioBinding()
+        _binding.set(binding)
+        return binding

@@ -1,0 +1,66 @@
+"""What :meth:`WaitMap.wake <anyio_waitmap.WaitMap.wake>` returns, and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeAlias, TypeVar, Union, final
+
+
+V = TypeVar("V")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Woke:
+    """``count`` parked tasks received the value (``count >= 1``).
+
+    Each of them returns the value from its ``wait``, ``take`` or ``wait_for``.
+    """
+
+    count: int
+
+    def __bool__(self) -> Literal[True]:
+        return True
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NoMatch(Generic[V]):
+    """No parked task received ``value``; it is handed back to the caller."""
+
+    value: V
+
+    def __bool__(self) -> Literal[False]:
+        return False
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Closed(Generic[V]):
+    """The map is closed; ``value`` is handed back to the caller."""
+
+    value: V
+
+    def __bool__(self) -> Literal[False]:
+        return False
+
+
+#: The result of :meth:`WaitMap.wake <anyio_waitmap.WaitMap.wake>`:
+#: ``Woke | NoMatch[V] | Closed[V]``.
+WakeOutcome: TypeAlias = Union[Woke, NoMatch[V], Closed[V]]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class WaitMapStatistics:
+    """A snapshot of a :class:`~anyio_waitmap.WaitMap`, from
+    :meth:`~anyio_waitmap.WaitMap.statistics`."""
+
+    #: Tasks parked in ``wait``, ``take`` or ``wait_for``.
+    tasks_waiting: int
+    #: Distinct keys with at least one parked task.
+    keys_waiting: int
+    #: Values stored in the map (its ``len()``).
+    values_stored: int
+    #: Whether :meth:`~anyio_waitmap.WaitMap.close` was called.
+    closed: bool

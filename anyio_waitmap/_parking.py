@@ -1,0 +1,177 @@
+"""One parked task: its value slot and its one-shot "who won" state.
+
+A task that wants to wait creates a :class:`ParkedTask`, links it somewhere a
+waker can find it (under the owner's lock), and calls :meth:`ParkedTask.park`.
+Three parties may then race to decide how the wait ends:
+
+* a waker hands over a value (:meth:`~ParkedTask.wake_locked`),
+* a waker hands over an exception (:meth:`~ParkedTask.throw_locked`),
+* the task itself is cancelled and tries to leave (``_abort``).
+
+All three decide under the owner's lock, and only the first one takes effect:
+the state moves once from ``PENDING`` to ``VALUE``, ``ERROR``, ``ABORTED`` or
+``DEAD`` and never again. The winner is the only one that may touch the owner's
+bookkeeping for this task, so nothing is unlinked twice, no value is delivered
+twice, and a value that won the race is returned even if a cancellation arrives
+before the task resumes (the cancellation is then raised at the task's next
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+
+from ._backends import current_binding
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._backends._base import Binding
+
+T = TypeVar("T")
+
+PENDING: Final = 0
+VALUE: Final = 1
+ERROR: Final = 2
+ABORTED: Final = 3
+DEAD: Final = 4  # its event loop finished before it could be resumed
+
+
+class Lock(Protocol):
+    """What :class:`ParkedTask` needs of a lock: :class:`threading.Lock` or RLock."""
+
+    def __enter__(self) -> bool: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
+
+
+class ParkedTask(Generic[T]):
+    """Base of every parked task; subclasses say how to unlink themselves."""
+
+    __slots__ = ("_binding", "_handle", "_lock", "_result", "_state")
+
+    def __init__(self, lock: Lock, binding: Binding) -> None:
+        self._lock = lock
+        self._binding = binding
+        self._handle: Any = binding.new_handle()
+        self._state: int = PENDING
+        self._result: Any = None
+
+    # -- called by the owner, with its lock held -----------------------------------
+
+    def wake_locked(self, value: T) -> bool:
+        """Hand ``value`` to the task if nothing else decided its fate yet.
+
+        The owner's lock must be held. Returns True if the task will return
+        ``value`` from :meth:`park`.
+        """
+        if self._state != PENDING:
+            return False
+        self._result = value
+        self._state = VALUE
+        if self._binding.unpark(self._handle):
+            return True
+        self._state = DEAD
+        self._result = None
+        return False
+
+    def throw_locked(self, exc: BaseException) -> bool:
+        """Make the task's :meth:`park` raise ``exc``, if nothing decided yet.
+
+        The owner's lock must be held. Returns True if the task will raise it.
+        """
+        if self._state != PENDING:
+            return False
+        self._result = exc
+        self._state = ERROR
+        if self._binding.unpark(self._handle):
+            return True
+        self._state = DEAD
+        self._result = None
+        return False
+
+    # -- hooks ---------------------------------------------------------------------
+
+    def _on_abort(self) -> None:
+        """Unlink from the owner; called once, with the lock held, if cancelled."""
+
+    def _on_abandon(self, value: T) -> None:
+        """A value was handed over but the task left with a non-cancellation
+        exception (e.g. one thrown into its coroutine): give the value back."""
+
+    # -- called by the parked task -------------------------------------------------
+
+    def _abort(self) -> bool:
+        """Try to end the wait because the task is leaving; True if it may leave."""
+        with self._lock:
+            state = self._state
+            if state == PENDING:
+                self._state = ABORTED
+                self._on_abort()
+                return True
+            return state == ABORTED or state == DEAD
+
+    async def park(self) -> T:
+        """Wait until the waiter is woken or thrown into; await it once.
+
+        Must be awaited by the task that created the waiter. This is a checkpoint.
+
+        Returns:
+            The value handed over by a wake. If the task is cancelled after the
+            value was handed over but before it could resume, the value is still
+            returned and the cancellation is raised at its next checkpoint.
+
+        Raises:
+            BaseException: the exception handed over by a throw, or the
+                backend's cancellation exception if the task was cancelled before
+                anything was handed over (``on_abort`` has then been called).
+        """
+        binding = self._binding
+        try:
+            await binding.park(self)
+        except BaseException as exc:
+            if self._abort():
+                raise
+            # Something was handed over before the task could leave: never drop it.
+            if self._state == VALUE:
+                value: T = self._result
+                if isinstance(exc, binding.cancelled):
+                    binding.keep_cancellation(exc)
+                    return value
+                self._on_abandon(value)
+            raise
+        if self._state == VALUE:
+            return self._result  # type: ignore[no-any-return]
+        error: BaseException = self._result
+        self._result = None
+        try:
+            raise error
+        finally:
+            del error
+
+
+def new_lock() -> threading.RLock:
+    """The lock owners use: reentrant, so that a trio abort function that runs
+    while its owner holds the lock (a scope cancelled from a predicate) cannot
+    deadlock."""
+    return threading.RLock()
+
+
+__all__ = [
+    "ABORTED",
+    "DEAD",
+    "ERROR",
+    "PENDING",
+    "VALUE",
+    "Lock",
+    "ParkedTask",
+    "current_binding",
+    "new_lock",
+]

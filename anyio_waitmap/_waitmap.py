@@ -1,0 +1,532 @@
+"""WaitMap: a mutable mapping whose lookups can be awaited."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
+
+from ._backends import current_binding
+from ._exceptions import DuplicateWaiter, KeyCancelled, WaitMapClosed
+from ._outcomes import Closed, NoMatch, WaitMapStatistics, WakeOutcome, Woke
+from ._parking import PENDING, ParkedTask, new_lock
+
+if TYPE_CHECKING:
+    from ._backends._base import Binding
+
+K = TypeVar("K")
+V = TypeVar("V")
+D = TypeVar("D")
+
+_MISSING: Final[Any] = object()
+
+
+@final
+class _Waiter(ParkedTask[V]):
+    """A task parked in one of the WaitMap's async methods."""
+
+    __slots__ = ("key", "map", "predicate", "taker")
+
+    def __init__(
+        self,
+        waitmap: WaitMap[Any, V],
+        binding: Binding,
+        key: object,
+        predicate: Callable[[V], object] | None,
+        taker: bool,
+    ) -> None:
+        # ParkedTask.__init__, inlined: this runs once per wait.
+        self._lock = waitmap._lock  # pyright: ignore[reportPrivateUsage]
+        self._binding = binding
+        self._handle = binding.new_handle()
+        self._state = PENDING
+        self._result = None
+        self.map = waitmap
+        self.key = key
+        self.predicate = predicate
+        self.taker = taker
+
+    def _on_abort(self) -> None:
+        self.map._remove(self.key, self)  # pyright: ignore[reportPrivateUsage]
+
+    def _on_abandon(self, value: V) -> None:
+        if self.taker:
+            self.map._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
+
+
+@final
+class WaitMap(MutableMapping[K, V]):
+    """A mapping whose lookups can be awaited, and a mailbox for parked tasks.
+
+    As a :class:`~collections.abc.MutableMapping`, a ``WaitMap`` holds *stored*
+    values, like a :class:`dict`. In addition, tasks can wait until a key has a
+    value (:meth:`wait`, :meth:`take`, :meth:`wait_for`), and any thread can hand a
+    value straight to the tasks waiting on a key (:meth:`wake`) without storing it.
+
+    Every method is safe to call from any thread; waiting tasks may belong to
+    different event loops (asyncio, uvloop or trio) in different threads.
+
+    Args:
+        exclusive: if true, at most one task may wait on a key at a time; a second
+            one raises :exc:`~anyio_waitmap.DuplicateWaiter` instead of waiting.
+
+    Two maps are equal only if they are the same object.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_data",
+        "_dispatching",
+        "_exclusive",
+        "_lock",
+        "_tasks_waiting",
+        "_waiting",
+    )
+
+    def __init__(self, *, exclusive: bool = False) -> None:
+        self._data: dict[K, V] = {}
+        # The waiters of each key with waiters: the only one, or a dict of them in
+        # arrival order. A key never has both a stored value and waiters.
+        self._waiting: dict[K, Any] = {}
+        self._lock = new_lock()
+        self._tasks_waiting = 0
+        self._exclusive = exclusive
+        self._closed = False
+        self._dispatching = False
+
+    # -- waiting ---------------------------------------------------------------------
+
+    async def wait(self, key: K) -> V:
+        """Return the value of ``key``, waiting until there is one.
+
+        If a value is stored under ``key``, it is returned (and stays stored).
+        Otherwise the task waits until a value is stored under ``key`` or handed to
+        it with :meth:`wake`, and returns that value.
+
+        This is a checkpoint on every path. If the task is cancelled while waiting,
+        it leaves nothing behind; if it had already been handed a value, it returns
+        that value and the cancellation is raised at its next checkpoint.
+
+        Raises:
+            KeyCancelled: :meth:`cancel` or :meth:`cancel_all` was called for ``key``.
+            WaitMapClosed: the map is or gets closed.
+            TypeError: ``key`` is not hashable.
+        """
+        binding = current_binding("WaitMap.wait")
+        with self._lock:
+            self._check_open("wait()")
+            value = self._data.get(key, _MISSING)
+            if value is _MISSING:
+                waiter: _Waiter[V] = self._link(binding, key, None, False)
+        if value is _MISSING:
+            return await waiter.park()
+        await binding.checkpoint()
+        return value  # type: ignore[no-any-return]
+
+    async def take(self, key: K) -> V:
+        """Remove and return the value of ``key``, waiting until there is one.
+
+        Like :meth:`wait`, but consuming: a stored value is removed, and each value
+        goes to exactly one taker. Tasks taking the same key are served in the
+        order they started waiting.
+
+        This is a checkpoint on every path. A cancellation never loses a value:
+        either the task leaves without one (nothing is removed, nothing is left
+        behind), or it returns the value it took and the cancellation is raised at
+        its next checkpoint.
+
+        Raises:
+            KeyCancelled: :meth:`cancel` or :meth:`cancel_all` was called for ``key``.
+            WaitMapClosed: the map is or gets closed.
+            TypeError: ``key`` is not hashable.
+        """
+        binding = current_binding("WaitMap.take")
+        with self._lock:
+            self._check_open("take()")
+            if key not in self._data:
+                waiter: _Waiter[V] = self._link(binding, key, None, True)
+                stored = False
+            else:
+                stored = True
+        if not stored:
+            return await waiter.park()
+        # A value is stored: check for cancellation before consuming it, then yield
+        # without letting a cancellation take the value away again.
+        await binding.checkpoint_if_cancelled()
+        with self._lock:
+            self._check_open("take()")
+            value = self._data.pop(key, _MISSING)
+            if value is _MISSING:  # another thread took it meanwhile
+                waiter = self._link(binding, key, None, True)
+        if value is _MISSING:
+            return await waiter.park()
+        await binding.yield_keeping_value()
+        return value  # type: ignore[no-any-return]
+
+    async def wait_for(self, key: K, predicate: Callable[[V], object]) -> V:
+        """Return the first value of ``key`` for which ``predicate`` is true.
+
+        The stored value is tested first; then every value stored under ``key`` or
+        handed to it with :meth:`wake`, until one matches. Values that do not match
+        are ignored by this task (a matching stored value is not removed).
+
+        ``predicate`` is called with the map's lock held, by whichever thread stores
+        or hands over the value, so that :meth:`wake` can count exactly the tasks
+        that will return the value. Keep it cheap and free of side effects; it must
+        not store into, wake, cancel or close the map (that raises
+        :exc:`RuntimeError` inside the predicate).
+
+        This is a checkpoint on every path. If the task is cancelled while waiting,
+        it leaves nothing behind; if it had already been handed a value, it returns
+        that value and the cancellation is raised at its next checkpoint.
+
+        Raises:
+            Exception: whatever ``predicate`` raised; nothing stays registered.
+            KeyCancelled: :meth:`cancel` or :meth:`cancel_all` was called for ``key``.
+            WaitMapClosed: the map is or gets closed.
+            TypeError: ``key`` is not hashable, or ``predicate`` is not callable.
+        """
+        if not callable(predicate):
+            raise TypeError(
+                f"wait_for() needs a callable predicate, got "
+                f"{type(predicate).__name__!r} object"
+            )
+        binding = current_binding("WaitMap.wait_for")
+        with self._lock:
+            self._check_open("wait_for()")
+            value = self._data.get(key, _MISSING)
+            if value is not _MISSING:
+                self._dispatching = True
+                try:
+                    matched = predicate(value)
+                finally:
+                    self._dispatching = False
+                if not matched:
+                    value = _MISSING
+            if value is _MISSING:
+                waiter: _Waiter[V] = self._link(binding, key, predicate, False)
+        if value is _MISSING:
+            return await waiter.park()
+        await binding.checkpoint()
+        return value  # type: ignore[no-any-return]
+
+    # -- handing over ----------------------------------------------------------------
+
+    def wake(self, key: K, value: V) -> WakeOutcome[V]:
+        """Hand ``value`` to the tasks waiting on ``key`` now, without storing it.
+
+        Every task in :meth:`wait`, every task in :meth:`wait_for` whose predicate
+        accepts ``value``, and the first task in :meth:`take` receive it. Never
+        blocks; callable from any thread.
+
+        Returns:
+            :class:`~anyio_waitmap.Woke` with the number of tasks that will return
+            ``value``; :class:`~anyio_waitmap.NoMatch` holding ``value`` if no task
+            received it; :class:`~anyio_waitmap.Closed` holding ``value`` if the map
+            is closed.
+
+        Raises:
+            TypeError: ``key`` is not hashable.
+        """
+        with self._lock:
+            entry = self._waiting.get(key)
+            if self._closed:
+                return Closed(value)
+            self._check_not_dispatching("wake()")
+            if entry is None:
+                return NoMatch(value)
+            woken, _ = self._dispatch(key, value, entry)
+        if woken:
+            return Woke(woken)
+        return NoMatch(value)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        """Store ``value`` under ``key`` and wake the tasks waiting on it.
+
+        Every task in :meth:`wait` and every task in :meth:`wait_for` whose
+        predicate accepts ``value`` returns it. If a task is in :meth:`take`, the
+        first one receives ``value`` and it is *not* stored.
+
+        Raises:
+            WaitMapClosed: the map is closed.
+            TypeError: ``key`` is not hashable.
+        """
+        with self._lock:
+            entry = self._waiting.get(key)
+            self._check_open("store a value in")
+            self._check_not_dispatching("storing a value")
+            if entry is not None:
+                _, taken = self._dispatch(key, value, entry)
+                if taken:
+                    return
+            self._data[key] = value
+
+    def setdefault(self, key: K, default: V) -> V:  # type: ignore[override]
+        """Return the value of ``key``; if there is none, store ``default``.
+
+        Storing goes through the same path as ``wm[key] = default``: waiting tasks
+        receive ``default``, and a task in :meth:`take` consumes it.
+
+        Raises:
+            WaitMapClosed: the map is closed and ``key`` has no stored value.
+        """
+        with self._lock:
+            value = self._data.get(key, _MISSING)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
+            self[key] = default
+        return default
+
+    def cancel(self, key: K) -> int:
+        """Make every task waiting on ``key`` raise :exc:`~anyio_waitmap.KeyCancelled`.
+
+        Stored values are untouched. Callable from any thread.
+
+        Returns:
+            How many tasks will raise it.
+        """
+        with self._lock:
+            self._check_not_dispatching("cancel()")
+            entry = self._waiting.pop(key, None)
+            if entry is None:
+                return 0
+            waiters = tuple(entry) if type(entry) is dict else (entry,)
+            self._tasks_waiting -= len(waiters)
+            return sum(
+                [waiter.throw_locked(KeyCancelled(key)) for waiter in waiters]
+            )
+
+    def cancel_all(self) -> int:
+        """:meth:`cancel` every key that has waiting tasks.
+
+        Returns:
+            How many tasks will raise :exc:`~anyio_waitmap.KeyCancelled`.
+        """
+        with self._lock:
+            self._check_not_dispatching("cancel_all()")
+            return self._throw_all(KeyCancelled)
+
+    def close(self) -> None:
+        """Close the map for good; idempotent.
+
+        Every waiting task, and every later :meth:`wait`, :meth:`take` or
+        :meth:`wait_for`, raises :exc:`~anyio_waitmap.WaitMapClosed`. Storing
+        raises it too, and :meth:`wake` returns :class:`~anyio_waitmap.Closed`.
+        Stored values stay readable and removable.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._check_not_dispatching("close()")
+            self._closed = True
+            self._throw_all(
+                lambda key: WaitMapClosed(
+                    f"the WaitMap was closed while this task was waiting on key "
+                    f"{key!r}"
+                )
+            )
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether at most one task may wait on a key at a time."""
+        return self._exclusive
+
+    def statistics(self) -> WaitMapStatistics:
+        """Return a snapshot of the map's counts."""
+        with self._lock:
+            return WaitMapStatistics(
+                tasks_waiting=self._tasks_waiting,
+                keys_waiting=len(self._waiting),
+                values_stored=len(self._data),
+                closed=self._closed,
+            )
+
+    def __repr__(self) -> str:
+        flags = "".join(
+            [", exclusive" if self._exclusive else "", ", closed" if self._closed else ""]
+        )
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} "
+            f"{len(self._data)} stored, {self._tasks_waiting} waiting on "
+            f"{len(self._waiting)} keys{flags}>"
+        )
+
+    # -- the mapping of stored values ----------------------------------------------
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __delitem__(self, key: K) -> None:
+        with self._lock:
+            del self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[K]:
+        """Iterate over a snapshot of the stored keys."""
+        with self._lock:
+            return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V | D, /) -> V | D: ...
+    def get(self, key: K, default: object = None, /) -> object:
+        return self._data.get(key, default)
+
+    @overload
+    def pop(self, key: K, /) -> V: ...
+    @overload
+    def pop(self, key: K, default: V | D, /) -> V | D: ...
+    def pop(self, key: K, default: object = _MISSING, /) -> object:
+        with self._lock:
+            if default is _MISSING:
+                return self._data.pop(key)
+            return self._data.pop(key, default)
+
+    def popitem(self) -> tuple[K, V]:
+        with self._lock:
+            return self._data.popitem()
+
+    def clear(self) -> None:
+        """Remove every stored value; waiting tasks are not affected."""
+        with self._lock:
+            self._data.clear()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
+    # -- internals: everything below runs with self._lock held -----------------------
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise WaitMapClosed(f"cannot {operation} a closed WaitMap")
+
+    def _check_not_dispatching(self, operation: str) -> None:
+        if self._dispatching:
+            raise RuntimeError(
+                f"{operation} was called from a wait_for() predicate; predicates "
+                f"must not change the WaitMap that evaluates them"
+            )
+
+    def _link(
+        self,
+        binding: Binding,
+        key: K,
+        predicate: Callable[[V], object] | None,
+        taker: bool,
+    ) -> _Waiter[V]:
+        waiting = self._waiting
+        entry = waiting.get(key)
+        if entry is not None and self._exclusive:
+            raise DuplicateWaiter(
+                f"another task is already waiting on key {key!r} of this exclusive "
+                f"WaitMap"
+            )
+        waiter = _Waiter(self, binding, key, predicate, taker)
+        if entry is None:
+            waiting[key] = waiter
+        elif type(entry) is dict:
+            entry[waiter] = None
+        else:
+            waiting[key] = {entry: None, waiter: None}
+        self._tasks_waiting += 1
+        return waiter
+
+    def _remove(self, key: Any, waiter: _Waiter[Any]) -> None:
+        waiting = self._waiting
+        entry = waiting.get(key)
+        if entry is waiter:
+            del waiting[key]
+        elif type(entry) is dict and waiter in entry:
+            del entry[waiter]
+            if not entry:
+                del waiting[key]
+        else:  # pragma: no cover - would be a bookkeeping bug
+            raise AssertionError(f"waiter for {key!r} is not linked")
+        self._tasks_waiting -= 1
+
+    def _matches(self, key: Any, waiter: _Waiter[V], value: V) -> bool:
+        """Run a wait_for() predicate for ``value``.
+
+        A predicate that raises ends that waiter's wait with the exception.
+        """
+        self._dispatching = True
+        try:
+            if waiter.predicate(value):  # type: ignore[misc]
+                return True
+        except Exception as exc:
+            self._remove(key, waiter)
+            waiter.throw_locked(exc)
+            return False
+        finally:
+            self._dispatching = False
+        return False
+
+    def _dispatch(self, key: K, value: V, entry: Any) -> tuple[int, bool]:
+        """Hand ``value`` to the waiters of ``key``; (tasks woken, taken by a taker)."""
+        if type(entry) is not dict:
+            # One waiter, the common case.
+            waiter: _Waiter[V] = entry
+            if waiter.predicate is not None and not self._matches(key, waiter, value):
+                return 0, False
+            del self._waiting[key]
+            self._tasks_waiting -= 1
+            if waiter.wake_locked(value):
+                return 1, waiter.taker
+            return 0, False
+
+        woken = 0
+        taken = False
+        # A snapshot: a trio abort function may unlink a waiter while we run a
+        # predicate (if that predicate cancels a scope), changing the dict.
+        for waiter in tuple(entry):
+            if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
+                continue
+            if waiter.taker:
+                if taken:
+                    continue
+            elif waiter.predicate is not None and not self._matches(
+                key, waiter, value
+            ):
+                continue
+            self._remove(key, waiter)
+            if waiter.wake_locked(value):
+                woken += 1
+                taken = taken or waiter.taker
+        return woken, taken
+
+    def _throw_all(self, make_error: Callable[[Any], BaseException]) -> int:
+        waiting = self._waiting
+        self._waiting = {}
+        self._tasks_waiting = 0
+        count = 0
+        for key, entry in waiting.items():
+            for waiter in tuple(entry) if type(entry) is dict else (entry,):
+                count += waiter.throw_locked(make_error(key))
+        return count
+
+    def _give_back(self, key: Any, value: V) -> None:
+        """A taker left with an exception after receiving ``value``: pass it on."""
+        with self._lock:
+            entry = self._waiting.get(key)
+            if entry is not None:
+                _, taken = self._dispatch(key, value, entry)
+                if taken:
+                    return
+            # Even a closed map keeps it: stored values stay readable after close().
+            self._data[key] = value
