@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Set up a virtual environment and run the demo or the whole test suite.
 
-    python3 dev.py demo [ARGS...]   run examples/rpc_mux.py (ARGS go to the demo)
-    python3 dev.py test [ARGS...]   lint, type-check and run the tests (ARGS go to pytest)
+    python3 dev.py demo [ARGS...]  run examples/rpc_mux.py (ARGS go to the demo)
+    python3 dev.py test [ARGS...]  lint, type-check, run the tests (ARGS go to pytest)
 
 Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
 this script if it does not exist yet, and installs what it needs into it; nothing
@@ -23,9 +23,14 @@ ROOT = Path(__file__).resolve().parent
 EXTRAS = {"demo": "trio,uvloop", "test": "test"}
 
 
-def run(*cmd: str | Path) -> None:
+def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
     print("+", " ".join(str(part) for part in cmd), flush=True)
-    result = subprocess.run([str(part) for part in cmd], cwd=ROOT, check=False)
+    result = subprocess.run(
+        [str(part) for part in cmd],
+        cwd=ROOT,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+    )
     if result.returncode:
         sys.exit(result.returncode)
 
@@ -58,8 +63,23 @@ def test(python: Path, args: list[str]) -> None:
     run(bindir / "ruff", "check", ".")
     run(bindir / "ruff", "format", "--check", ".")
     run(python, "-m", "mypy")
-    run(bindir / "pyright")
-    run(bindir / "pyright", "--verifytypes", "anyio_waitmap", "--ignoreexternal")
+    # Point pyright at this environment's packages, whichever directory it is in.
+    run(bindir / "pyright", "--pythonpath", python)
+    # --verifytypes does not follow the editable install's .pth file, so it is
+    # told where the package and the environment's packages are.
+    site_packages = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    run(
+        bindir / "pyright",
+        "--verifytypes",
+        "anyio_waitmap",
+        "--ignoreexternal",
+        env={"PYTHONPATH": os.pathsep.join([str(ROOT), site_packages])},
+    )
     # pytest exits with 5 when it collected no test: that fails here too.
     run(python, "-m", "pytest", *args)
 

@@ -24,8 +24,13 @@ __all__ = [
     "Woke",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and _name != "WakeOutcome":
-        _obj.__module__ = __name__
-del _name, _obj
+
+def _set_public_module() -> None:
+    # Show the public classes as anyio_waitmap.X in reprs, tracebacks and docs.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            obj.__module__ = __name__
+
+
+_set_public_module()

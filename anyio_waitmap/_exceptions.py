@@ -28,7 +28,7 @@ class KeyCancelled(LookupError):
 
 @final
 class WaitMapClosed(anyio.ClosedResourceError):
-    """Raised when waiting on, or storing into, a closed :class:`~anyio_waitmap.WaitMap`.
+    """Raised by waiting on, or storing into, a closed :class:`~anyio_waitmap.WaitMap`.
 
     Stored values stay readable after :meth:`~anyio_waitmap.WaitMap.close`.
     """

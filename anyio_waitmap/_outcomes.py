@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeAlias, TypeVar, Union, final
-
+from typing import Generic, Literal, TypeAlias, TypeVar, final
 
 V = TypeVar("V")
 
@@ -47,7 +46,7 @@ class Closed(Generic[V]):
 
 #: The result of :meth:`WaitMap.wake <anyio_waitmap.WaitMap.wake>`:
 #: ``Woke | NoMatch[V] | Closed[V]``.
-WakeOutcome: TypeAlias = Union[Woke, NoMatch[V], Closed[V]]
+WakeOutcome: TypeAlias = Woke | NoMatch[V] | Closed[V]
 
 
 @final

@@ -116,7 +116,7 @@ class ParkedTask(Generic[T]):
                 self._state = ABORTED
                 self._on_abort()
                 return True
-            return state == ABORTED or state == DEAD
+            return state in (ABORTED, DEAD)
 
     async def park(self) -> T:
         """Wait until the waiter is woken or thrown into; await it once.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final, overload
 
 from ._backends import current_binding
 from ._exceptions import DuplicateWaiter, KeyCancelled, WaitMapClosed
@@ -86,8 +86,9 @@ class WaitMap(MutableMapping[K, V]):
     def __init__(self, *, exclusive: bool = False) -> None:
         self._data: dict[K, V] = {}
         # The waiters of each key with waiters: the only one, or a dict of them in
-        # arrival order. A key never has both a stored value and waiters.
-        self._waiting: dict[K, Any] = {}
+        # arrival order. A key has both a stored value and waiters only when every
+        # one of those waiters is in wait_for() and rejected the stored value.
+        self._waiting: dict[K, _Waiter[V] | dict[_Waiter[V], None]] = {}
         self._lock = new_lock()
         self._tasks_waiting = 0
         self._exclusive = exclusive
@@ -116,12 +117,13 @@ class WaitMap(MutableMapping[K, V]):
         with self._lock:
             self._check_open("wait()")
             value = self._data.get(key, _MISSING)
-            if value is _MISSING:
-                waiter: _Waiter[V] = self._link(binding, key, None, False)
-        if value is _MISSING:
+            waiter = (
+                self._link(binding, key, None, False) if value is _MISSING else None
+            )
+        if waiter is not None:
             return await waiter.park()
         await binding.checkpoint()
-        return value  # type: ignore[no-any-return]
+        return cast("V", value)
 
     async def take(self, key: K) -> V:
         """Remove and return the value of ``key``, waiting until there is one.
@@ -143,12 +145,8 @@ class WaitMap(MutableMapping[K, V]):
         binding = current_binding("WaitMap.take")
         with self._lock:
             self._check_open("take()")
-            if key not in self._data:
-                waiter: _Waiter[V] = self._link(binding, key, None, True)
-                stored = False
-            else:
-                stored = True
-        if not stored:
+            waiter = None if key in self._data else self._link(binding, key, None, True)
+        if waiter is not None:
             return await waiter.park()
         # A value is stored: check for cancellation before consuming it, then yield
         # without letting a cancellation take the value away again.
@@ -158,7 +156,7 @@ class WaitMap(MutableMapping[K, V]):
             value = self._data.pop(key, _MISSING)
             if value is _MISSING:  # another thread took it meanwhile
                 waiter = self._link(binding, key, None, True)
-        if value is _MISSING:
+        if waiter is not None:
             return await waiter.park()
         await binding.yield_keeping_value()
         return value  # type: ignore[no-any-return]
@@ -198,17 +196,20 @@ class WaitMap(MutableMapping[K, V]):
             if value is not _MISSING:
                 self._dispatching = True
                 try:
-                    matched = predicate(value)
+                    matched = predicate(cast("V", value))
                 finally:
                     self._dispatching = False
                 if not matched:
                     value = _MISSING
-            if value is _MISSING:
-                waiter: _Waiter[V] = self._link(binding, key, predicate, False)
-        if value is _MISSING:
+            waiter = (
+                self._link(binding, key, predicate, False)
+                if value is _MISSING
+                else None
+            )
+        if waiter is not None:
             return await waiter.park()
         await binding.checkpoint()
-        return value  # type: ignore[no-any-return]
+        return cast("V", value)
 
     # -- handing over ----------------------------------------------------------------
 
@@ -261,7 +262,8 @@ class WaitMap(MutableMapping[K, V]):
                     return
             self._data[key] = value
 
-    def setdefault(self, key: K, default: V) -> V:  # type: ignore[override]
+    # A default is required: None is not a value of every WaitMap.
+    def setdefault(self, key: K, default: V) -> V:  # pyright: ignore[reportIncompatibleMethodOverride]
         """Return the value of ``key``; if there is none, store ``default``.
 
         Storing goes through the same path as ``wm[key] = default``: waiting tasks
@@ -285,16 +287,15 @@ class WaitMap(MutableMapping[K, V]):
         Returns:
             How many tasks will raise it.
         """
+        hash(key)  # dict.pop() skips hashing when the dict is empty
         with self._lock:
             self._check_not_dispatching("cancel()")
             entry = self._waiting.pop(key, None)
             if entry is None:
                 return 0
-            waiters = tuple(entry) if type(entry) is dict else (entry,)
+            waiters = tuple(entry) if isinstance(entry, dict) else (entry,)
             self._tasks_waiting -= len(waiters)
-            return sum(
-                [waiter.throw_locked(KeyCancelled(key)) for waiter in waiters]
-            )
+            return sum([waiter.throw_locked(KeyCancelled(key)) for waiter in waiters])
 
     def cancel_all(self) -> int:
         """:meth:`cancel` every key that has waiting tasks.
@@ -321,8 +322,7 @@ class WaitMap(MutableMapping[K, V]):
             self._closed = True
             self._throw_all(
                 lambda key: WaitMapClosed(
-                    f"the WaitMap was closed while this task was waiting on key "
-                    f"{key!r}"
+                    f"the WaitMap was closed while this task was waiting on key {key!r}"
                 )
             )
 
@@ -348,7 +348,10 @@ class WaitMap(MutableMapping[K, V]):
 
     def __repr__(self) -> str:
         flags = "".join(
-            [", exclusive" if self._exclusive else "", ", closed" if self._closed else ""]
+            [
+                ", exclusive" if self._exclusive else "",
+                ", closed" if self._closed else "",
+            ]
         )
         return (
             f"<{type(self).__module__}.{type(self).__qualname__} "
@@ -388,6 +391,7 @@ class WaitMap(MutableMapping[K, V]):
     @overload
     def pop(self, key: K, default: V | D, /) -> V | D: ...
     def pop(self, key: K, default: object = _MISSING, /) -> object:
+        hash(key)  # dict.pop() skips hashing when the dict is empty
         with self._lock:
             if default is _MISSING:
                 return self._data.pop(key)
@@ -408,7 +412,7 @@ class WaitMap(MutableMapping[K, V]):
     def __ne__(self, other: object) -> bool:
         return self is not other
 
-    __hash__ = object.__hash__  # type: ignore[assignment]
+    __hash__ = object.__hash__  # pyright: ignore[reportAssignmentType]
 
     # -- internals: everything below runs with self._lock held -----------------------
 
@@ -440,7 +444,7 @@ class WaitMap(MutableMapping[K, V]):
         waiter = _Waiter(self, binding, key, predicate, taker)
         if entry is None:
             waiting[key] = waiter
-        elif type(entry) is dict:
+        elif isinstance(entry, dict):
             entry[waiter] = None
         else:
             waiting[key] = {entry: None, waiter: None}
@@ -452,7 +456,7 @@ class WaitMap(MutableMapping[K, V]):
         entry = waiting.get(key)
         if entry is waiter:
             del waiting[key]
-        elif type(entry) is dict and waiter in entry:
+        elif isinstance(entry, dict) and waiter in entry:
             del entry[waiter]
             if not entry:
                 del waiting[key]
@@ -477,11 +481,13 @@ class WaitMap(MutableMapping[K, V]):
             self._dispatching = False
         return False
 
-    def _dispatch(self, key: K, value: V, entry: Any) -> tuple[int, bool]:
+    def _dispatch(
+        self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
+    ) -> tuple[int, bool]:
         """Hand ``value`` to the waiters of ``key``; (tasks woken, taken by a taker)."""
-        if type(entry) is not dict:
+        if not isinstance(entry, dict):
             # One waiter, the common case.
-            waiter: _Waiter[V] = entry
+            waiter = entry
             if waiter.predicate is not None and not self._matches(key, waiter, value):
                 return 0, False
             del self._waiting[key]
@@ -500,9 +506,7 @@ class WaitMap(MutableMapping[K, V]):
             if waiter.taker:
                 if taken:
                     continue
-            elif waiter.predicate is not None and not self._matches(
-                key, waiter, value
-            ):
+            elif waiter.predicate is not None and not self._matches(key, waiter, value):
                 continue
             self._remove(key, waiter)
             if waiter.wake_locked(value):
@@ -516,17 +520,25 @@ class WaitMap(MutableMapping[K, V]):
         self._tasks_waiting = 0
         count = 0
         for key, entry in waiting.items():
-            for waiter in tuple(entry) if type(entry) is dict else (entry,):
+            for waiter in tuple(entry) if isinstance(entry, dict) else (entry,):
                 count += waiter.throw_locked(make_error(key))
         return count
 
     def _give_back(self, key: Any, value: V) -> None:
-        """A taker left with an exception after receiving ``value``: pass it on."""
+        """A taker left with an exception after receiving ``value``: pass it on.
+
+        The value is treated as if it had been stored when it was handed over and
+        nobody had taken it: if a value was stored under ``key`` since, that later
+        store replaced it, exactly as a second ``wm[key] = v`` replaces the first.
+        Otherwise the next taker receives it, or it is stored (even in a closed
+        map: stored values stay readable after :meth:`close`).
+        """
         with self._lock:
+            if key in self._data:
+                return
             entry = self._waiting.get(key)
-            if entry is not None:
+            if entry is not None and not self._closed:
                 _, taken = self._dispatch(key, value, entry)
                 if taken:
                     return
-            # Even a closed map keeps it: stored values stay readable after close().
             self._data[key] = value

@@ -11,12 +11,23 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
+import trio.testing
+from trio.lowlevel import in_trio_task
 
 T = TypeVar("T")
 
 
 async def assert_yields(call: Callable[[], Awaitable[T]]) -> T:
-    """Run ``call()`` and fail unless another task ran while it did."""
+    """Run ``call()`` and fail unless it let other tasks run.
+
+    On trio, the scheduler's own accounting says so: trio picks the order of
+    runnable tasks at random, so "did this other task run" would be a coin toss.
+    On asyncio, runnable tasks run in order, so a task started just before the
+    call runs while the call is suspended, and only then.
+    """
+    if in_trio_task():
+        with trio.testing.assert_checkpoints():
+            return await call()
     ran = False
 
     async def other() -> None:
@@ -31,7 +42,7 @@ async def assert_yields(call: Callable[[], Awaitable[T]]) -> T:
 
 
 async def assert_cancellable(call: Callable[[], Awaitable[object]]) -> None:
-    """Run ``call()`` in a cancelled scope and fail unless it raises the cancellation."""
+    """Run ``call()`` in a cancelled scope; fail unless it raises the cancellation."""
     with anyio.CancelScope() as scope:
         scope.cancel()
         await call()

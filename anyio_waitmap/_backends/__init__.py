@@ -17,8 +17,9 @@ import sys
 import threading
 from asyncio import current_task as _asyncio_current_task
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
+from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ._asyncio import AsyncioBinding
 
@@ -53,12 +54,12 @@ def current_binding(caller: str) -> Binding:
         cache = _cache
         if cache.loop is loop:
             return cache.binding  # type: ignore[return-value]
-        binding = AsyncioBinding(loop)
-        cache.binding = binding
+        asyncio_binding = AsyncioBinding(loop)
+        cache.binding = asyncio_binding
         cache.loop = loop
-        return binding
+        return asyncio_binding
 
-    global _current_trio_binding  # noqa: PLW0603
+    global _current_trio_binding
     if _current_trio_binding is None and "trio" in sys.modules:
         # Imported on first use only, so that asyncio users never import trio.
         _current_trio_binding = import_module("._trio", __name__).current_trio_binding

@@ -6,7 +6,7 @@ import math
 import sys
 from asyncio import AbstractEventLoop, CancelledError, Future, current_task
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from anyio import current_effective_deadline
 from anyio.lowlevel import (
@@ -17,8 +17,6 @@ from anyio.lowlevel import (
 
 if TYPE_CHECKING:
     from .._parking import ParkedTask
-
-_HAS_UNCANCEL: Final = sys.version_info >= (3, 11)
 
 
 def _release(future: Future[None]) -> None:
@@ -34,8 +32,8 @@ class AsyncioBinding:
 
     __slots__ = ("_loop",)
 
-    name: Final = "asyncio"
-    cancelled: Final = CancelledError
+    name: ClassVar[str] = "asyncio"
+    cancelled: ClassVar[type[BaseException]] = CancelledError
 
     def __init__(self, loop: AbstractEventLoop) -> None:
         self._loop = loop
@@ -54,8 +52,9 @@ class AsyncioBinding:
             if not handle.done():
                 handle.set_result(None)
             return True
-        # uvloop does not refuse callbacks once closed, so check first; a closed
-        # loop will never run the task again.
+        # A closed loop will never run the task again. Both asyncio and uvloop
+        # refuse the call with RuntimeError once closed; the check first saves
+        # raising in the common case of a loop that finished long ago.
         if loop.is_closed():
             return False
         try:
@@ -72,7 +71,7 @@ class AsyncioBinding:
         task = current_task()
         assert task is not None
         message = exc.args[0] if exc.args else None
-        if _HAS_UNCANCEL:
+        if sys.version_info >= (3, 11):
             # Keep Task.cancelling() where it was, so that asyncio.timeout() and
             # TaskGroup still recognise the cancellation as theirs.
             task.uncancel()

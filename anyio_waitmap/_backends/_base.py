@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from .._parking import ParkedTask
@@ -12,15 +12,16 @@ class Binding(Protocol):
     """How to park and unpark tasks of one running event loop."""
 
     #: ``"asyncio"`` or ``"trio"``.
-    name: str
+    name: ClassVar[str]
     #: The exception a cancellation raises in a task of this loop.
-    cancelled: type[BaseException]
+    cancelled: ClassVar[type[BaseException]]
 
     def new_handle(self) -> Any:
         """Make what :meth:`park` waits on and :meth:`unpark` releases.
 
         Called by the task that is about to park.
         """
+        ...
 
     async def park(self, task: ParkedTask[Any]) -> None:
         """Suspend the current task until :meth:`unpark` is called on its handle.
@@ -35,6 +36,7 @@ class Binding(Protocol):
         Called at most once per handle. Returns False only if the task can never
         resume because its event loop has finished.
         """
+        ...
 
     def keep_cancellation(self, exc: BaseException) -> None:
         """Re-arm a cancellation that was caught to keep a handed-over value.

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from trio.lowlevel import (
     Abort,
     RaiseCancelT,
@@ -20,8 +21,6 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
-
 if TYPE_CHECKING:
     from .._parking import ParkedTask
 
@@ -31,8 +30,8 @@ class TrioBinding:
 
     __slots__ = ("_thread", "_token")
 
-    name: Final = "trio"
-    cancelled: Final = trio.Cancelled
+    name: ClassVar[str] = "trio"
+    cancelled: ClassVar[type[BaseException]] = trio.Cancelled
 
     def __init__(self) -> None:
         self._token: TrioToken = current_trio_token()
