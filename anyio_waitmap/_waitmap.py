@@ -398,6 +398,11 @@ class WaitMap(MutableMapping[K, V]):
             return self._data.pop(key, default)
 
     def popitem(self) -> tuple[K, V]:
+        """Remove and return the most recently stored ``(key, value)`` pair.
+
+        Raises:
+            KeyError: no value is stored.
+        """
         with self._lock:
             return self._data.popitem()
 

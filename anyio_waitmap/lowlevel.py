@@ -16,16 +16,17 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar, final
 
-from ._backends import current_binding
-from ._parking import PENDING, ParkedTask
+from ._backends import current_binding as _current_binding
+from ._parking import PENDING as _PENDING
+from ._parking import ParkedTask as _ParkedTask
 
 __all__ = ["Waiter"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 @final
-class Waiter(ParkedTask[T]):
+class Waiter(_ParkedTask[_T]):
     """A handle on the current task, for parking it until something arrives.
 
     Create it in the task that will wait, link it where wakers can find it while
@@ -53,7 +54,7 @@ class Waiter(ParkedTask[T]):
         on_abort: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(
-            threading.RLock() if lock is None else lock, current_binding("Waiter")
+            threading.RLock() if lock is None else lock, _current_binding("Waiter")
         )
         self._abort_callback = on_abort
 
@@ -65,9 +66,9 @@ class Waiter(ParkedTask[T]):
     @property
     def done(self) -> bool:
         """Whether the waiter was woken, thrown into or abandoned by its task."""
-        return self._state != PENDING
+        return self._state != _PENDING
 
-    def wake(self, value: T) -> bool:
+    def wake(self, value: _T) -> bool:
         """Resume the task with ``value``, unless its wait already ended.
 
         Takes :attr:`lock`; from a thread that already holds it, use
