@@ -133,20 +133,17 @@ class ParkedTask(Generic[T]):
                 backend's cancellation exception if the task was cancelled before
                 anything was handed over (``on_abort`` has then been called).
         """
-        binding = self._binding
         try:
-            await binding.park(self)
+            await self._binding.park(self)
         except BaseException as exc:
-            if self._abort():
-                raise
-            # Something was handed over before the task could leave: never drop it.
-            if self._state == VALUE:
-                value: T = self._result
-                if isinstance(exc, binding.cancelled):
-                    binding.keep_cancellation(exc)
-                    return value
-                self._on_abandon(value)
-            raise
+            return self.outcome_after(exc)
+        return self.outcome()
+
+    # The two halves of park(), for owners that await ``binding.park(task)``
+    # themselves to save a coroutine frame on their hot path.
+
+    def outcome(self) -> T:
+        """Return the value, or raise the exception, that ended a wait."""
         if self._state == VALUE:
             return self._result  # type: ignore[no-any-return]
         error: BaseException = self._result
@@ -155,6 +152,29 @@ class ParkedTask(Generic[T]):
             raise error
         finally:
             del error
+
+    def outcome_after(self, exc: BaseException) -> T:
+        """The parked task got ``exc`` instead of being resumed normally.
+
+        Re-raises ``exc``, unless a value was handed over before the task could
+        leave and ``exc`` is a cancellation: then the value is returned and the
+        cancellation re-armed for the task's next checkpoint. A value that the
+        task cannot return (``exc`` is not a cancellation) is given back to the
+        owner through ``_on_abandon``. Call it from the ``except`` block.
+        """
+        try:
+            if not self._abort() and self._state == VALUE:
+                # Handed over before the task could leave: never drop it.
+                value: T = self._result
+                binding = self._binding
+                if isinstance(exc, binding.cancelled):
+                    binding.keep_cancellation(exc)
+                    return value
+                self._on_abandon(value)
+            raise exc
+        finally:
+            # This frame is in exc's traceback: break the cycle.
+            del exc
 
 
 def new_lock() -> threading.RLock:

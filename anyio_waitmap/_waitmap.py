@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    NoReturn,
+    TypeVar,
+    cast,
+    final,
+    overload,
+)
 
 from ._backends import current_binding
 from ._exceptions import DuplicateWaiter, KeyCancelled, WaitMapClosed
@@ -18,6 +27,7 @@ V = TypeVar("V")
 D = TypeVar("D")
 
 _MISSING: Final[Any] = object()
+_WOKE_ONE: Final = Woke(1)
 
 
 @final
@@ -115,13 +125,18 @@ class WaitMap(MutableMapping[K, V]):
         """
         binding = current_binding("WaitMap.wait")
         with self._lock:
-            self._check_open("wait()")
+            if self._closed:
+                self._refuse_closed("wait()")
             value = self._data.get(key, _MISSING)
             waiter = (
                 self._link(binding, key, None, False) if value is _MISSING else None
             )
         if waiter is not None:
-            return await waiter.park()
+            try:
+                await binding.park(waiter)
+            except BaseException as exc:
+                return waiter.outcome_after(exc)
+            return waiter.outcome()
         await binding.checkpoint()
         return cast("V", value)
 
@@ -144,22 +159,27 @@ class WaitMap(MutableMapping[K, V]):
         """
         binding = current_binding("WaitMap.take")
         with self._lock:
-            self._check_open("take()")
+            if self._closed:
+                self._refuse_closed("take()")
             waiter = None if key in self._data else self._link(binding, key, None, True)
-        if waiter is not None:
-            return await waiter.park()
-        # A value is stored: check for cancellation before consuming it, then yield
-        # without letting a cancellation take the value away again.
-        await binding.checkpoint_if_cancelled()
-        with self._lock:
-            self._check_open("take()")
-            value = self._data.pop(key, _MISSING)
-            if value is _MISSING:  # another thread took it meanwhile
-                waiter = self._link(binding, key, None, True)
-        if waiter is not None:
-            return await waiter.park()
-        await binding.yield_keeping_value()
-        return value  # type: ignore[no-any-return]
+        if waiter is None:
+            # A value is stored: check for cancellation before consuming it, then
+            # yield without letting a cancellation take the value away again.
+            await binding.checkpoint_if_cancelled()
+            with self._lock:
+                if self._closed:
+                    self._refuse_closed("take()")
+                value = self._data.pop(key, _MISSING)
+                if value is _MISSING:  # another thread took it meanwhile
+                    waiter = self._link(binding, key, None, True)
+            if waiter is None:
+                await binding.yield_keeping_value()
+                return value  # type: ignore[no-any-return]
+        try:
+            await binding.park(waiter)
+        except BaseException as exc:
+            return waiter.outcome_after(exc)
+        return waiter.outcome()
 
     async def wait_for(self, key: K, predicate: Callable[[V], object]) -> V:
         """Return the first value of ``key`` for which ``predicate`` is true.
@@ -191,7 +211,8 @@ class WaitMap(MutableMapping[K, V]):
             )
         binding = current_binding("WaitMap.wait_for")
         with self._lock:
-            self._check_open("wait_for()")
+            if self._closed:
+                self._refuse_closed("wait_for()")
             value = self._data.get(key, _MISSING)
             if value is not _MISSING:
                 self._dispatching = True
@@ -207,7 +228,11 @@ class WaitMap(MutableMapping[K, V]):
                 else None
             )
         if waiter is not None:
-            return await waiter.park()
+            try:
+                await binding.park(waiter)
+            except BaseException as exc:
+                return waiter.outcome_after(exc)
+            return waiter.outcome()
         await binding.checkpoint()
         return cast("V", value)
 
@@ -233,12 +258,14 @@ class WaitMap(MutableMapping[K, V]):
             entry = self._waiting.get(key)
             if self._closed:
                 return Closed(value)
-            self._check_not_dispatching("wake()")
+            if self._dispatching:
+                self._refuse_while_dispatching("wake()")
             if entry is None:
                 return NoMatch(value)
             woken, _ = self._dispatch(key, value, entry)
         if woken:
-            return Woke(woken)
+            # Outcomes are immutable, so the most common one is made once.
+            return _WOKE_ONE if woken == 1 else Woke(woken)
         return NoMatch(value)
 
     def __setitem__(self, key: K, value: V) -> None:
@@ -254,8 +281,10 @@ class WaitMap(MutableMapping[K, V]):
         """
         with self._lock:
             entry = self._waiting.get(key)
-            self._check_open("store a value in")
-            self._check_not_dispatching("storing a value")
+            if self._closed:
+                self._refuse_closed("store a value in")
+            if self._dispatching:
+                self._refuse_while_dispatching("storing a value")
             if entry is not None:
                 _, taken = self._dispatch(key, value, entry)
                 if taken:
@@ -289,7 +318,8 @@ class WaitMap(MutableMapping[K, V]):
         """
         hash(key)  # dict.pop() skips hashing when the dict is empty
         with self._lock:
-            self._check_not_dispatching("cancel()")
+            if self._dispatching:
+                self._refuse_while_dispatching("cancel()")
             entry = self._waiting.pop(key, None)
             if entry is None:
                 return 0
@@ -304,7 +334,8 @@ class WaitMap(MutableMapping[K, V]):
             How many tasks will raise :exc:`~anyio_waitmap.KeyCancelled`.
         """
         with self._lock:
-            self._check_not_dispatching("cancel_all()")
+            if self._dispatching:
+                self._refuse_while_dispatching("cancel_all()")
             return self._throw_all(KeyCancelled)
 
     def close(self) -> None:
@@ -318,7 +349,8 @@ class WaitMap(MutableMapping[K, V]):
         with self._lock:
             if self._closed:
                 return
-            self._check_not_dispatching("close()")
+            if self._dispatching:
+                self._refuse_while_dispatching("close()")
             self._closed = True
             self._throw_all(
                 lambda key: WaitMapClosed(
@@ -421,16 +453,17 @@ class WaitMap(MutableMapping[K, V]):
 
     # -- internals: everything below runs with self._lock held -----------------------
 
-    def _check_open(self, operation: str) -> None:
-        if self._closed:
-            raise WaitMapClosed(f"cannot {operation} a closed WaitMap")
+    # The checks are inlined at each call site (`if self._closed:`), since a call
+    # costs more than the test on the hot paths; these only raise.
 
-    def _check_not_dispatching(self, operation: str) -> None:
-        if self._dispatching:
-            raise RuntimeError(
-                f"{operation} was called from a wait_for() predicate; predicates "
-                f"must not change the WaitMap that evaluates them"
-            )
+    def _refuse_closed(self, operation: str) -> NoReturn:
+        raise WaitMapClosed(f"cannot {operation} a closed WaitMap")
+
+    def _refuse_while_dispatching(self, operation: str) -> NoReturn:
+        raise RuntimeError(
+            f"{operation} was called from a wait_for() predicate; predicates "
+            f"must not change the WaitMap that evaluates them"
+        )
 
     def _link(
         self,

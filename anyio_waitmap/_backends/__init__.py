@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sys
 import threading
+from asyncio import AbstractEventLoop
 from asyncio import current_task as _asyncio_current_task
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
 from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, cast
 
 from ._asyncio import AsyncioBinding
 
@@ -37,7 +38,23 @@ class _ThreadCache(threading.local):
 
 
 _cache = _ThreadCache()
+# The binding of the loop that asked last, in any thread.
+_last: tuple[object, AsyncioBinding] = (None, cast(AsyncioBinding, None))
 _current_trio_binding: Callable[[], Binding | None] | None = None
+
+
+def _asyncio_binding(loop: AbstractEventLoop, caller: str) -> AsyncioBinding:
+    global _last
+    if _asyncio_current_task(loop) is None:
+        _raise_no_task(caller)
+    cache = _cache
+    binding = cache.binding
+    if cache.loop is not loop or binding is None:
+        binding = AsyncioBinding(loop)
+        cache.binding = binding
+        cache.loop = loop
+    _last = (loop, binding)
+    return binding
 
 
 def current_binding(caller: str) -> Binding:
@@ -50,14 +67,13 @@ def current_binding(caller: str) -> Binding:
         RuntimeError: if no asyncio or trio task is running in this thread.
     """
     loop = _get_running_loop()
-    if loop is not None and _asyncio_current_task(loop) is not None:
-        cache = _cache
-        if cache.loop is loop:
-            return cache.binding  # type: ignore[return-value]
-        asyncio_binding = AsyncioBinding(loop)
-        cache.binding = asyncio_binding
-        cache.loop = loop
-        return asyncio_binding
+    if loop is not None:
+        # One read of an immutable pair, so no lock: right for the common case of
+        # one loop, and never wrong when several threads run loops.
+        last = _last
+        if last[0] is loop:
+            return last[1]
+        return _asyncio_binding(loop, caller)
 
     global _current_trio_binding
     if _current_trio_binding is None and "trio" in sys.modules:
@@ -68,6 +84,10 @@ def current_binding(caller: str) -> Binding:
         if binding is not None:
             return binding
 
+    _raise_no_task(caller)
+
+
+def _raise_no_task(caller: str) -> NoReturn:
     raise RuntimeError(
         f"{caller}() must be awaited by a task running in an asyncio or trio event "
         f"loop, but no such task is running in this thread"

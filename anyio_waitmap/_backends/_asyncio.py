@@ -41,8 +41,8 @@ class AsyncioBinding:
     def new_handle(self) -> Future[None]:
         return self._loop.create_future()
 
-    async def park(self, task: ParkedTask[Any]) -> None:
-        await task._handle  # pyright: ignore[reportPrivateUsage]
+    def park(self, task: ParkedTask[Any]) -> Future[None]:
+        return task._handle  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
 
     def unpark(self, handle: Future[None]) -> bool:
         loop = self._loop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -23,12 +24,16 @@ class Binding(Protocol):
         """
         ...
 
-    async def park(self, task: ParkedTask[Any]) -> None:
-        """Suspend the current task until :meth:`unpark` is called on its handle.
+    def park(self, task: ParkedTask[Any]) -> Awaitable[object]:
+        """What to await to suspend the current task until :meth:`unpark` is
+        called on its handle.
 
-        Raises the backend's cancellation exception if the task is cancelled first;
-        on trio, only after ``task._abort()`` agreed to it.
+        An awaitable rather than a coroutine function, so that the hot path
+        awaits the backend's own object (a future) with no frame in between.
+        Awaiting it raises the backend's cancellation exception if the task is
+        cancelled first; on trio, only after ``task._abort()`` agreed to it.
         """
+        ...
 
     def unpark(self, handle: Any) -> bool:
         """Resume the task parked on ``handle``; callable from any thread.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
@@ -40,12 +41,13 @@ class TrioBinding:
     def new_handle(self) -> Task:
         return current_task()
 
-    async def park(self, task: ParkedTask[Any]) -> None:
+    def park(self, task: ParkedTask[Any]) -> Coroutine[Any, Any, object]:
         def abort(raise_cancel: RaiseCancelT) -> Abort:
             # Runs in the run's thread while the task is parked; must not raise.
             return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]
 
-        await wait_task_rescheduled(abort)
+        # Returned, not awaited: the caller awaits it, saving a coroutine frame.
+        return wait_task_rescheduled(abort)  # noqa: ASYNC105
 
     def unpark(self, handle: Task) -> bool:
         if threading.get_ident() == self._thread and in_trio_run():
