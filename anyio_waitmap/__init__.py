@@ -10,6 +10,9 @@ from ._outcomes import NoMatch as NoMatch
 from ._outcomes import WaitMapStatistics as WaitMapStatistics
 from ._outcomes import WakeOutcome as WakeOutcome
 from ._outcomes import Woke as Woke
+from ._sink import WakeSink as WakeSink
+from ._sink import WakeSinkStatistics as WakeSinkStatistics
+from ._sink import WakeSource as WakeSource
 from ._waitmap import WaitMap as WaitMap
 
 __all__ = [
@@ -21,6 +24,9 @@ __all__ = [
     "WaitMapClosed",
     "WaitMapStatistics",
     "WakeOutcome",
+    "WakeSink",
+    "WakeSinkStatistics",
+    "WakeSource",
     "Woke",
 ]
 

@@ -8,6 +8,68 @@ waiter into a structure of yours (under your lock), then awaits
 :meth:`~Waiter.throw` an exception into it. The waiter resolves exactly once:
 whichever of wake, throw or the task's own cancellation comes first wins, under
 your lock, so nothing is delivered twice and a delivered value is never lost.
+
+Wakers: wake a task again and again, from any thread
+----------------------------------------------------
+
+A :class:`Waker` belongs to one event loop. One task of that loop at a time
+parks on it; anyone wakes it. It has four states, changed only under its own
+small lock:
+
+``IDLE``
+    The task is not parked and no wake-up is pending.
+``PARKED``
+    The task is suspended in :meth:`Waker.park`.
+``WOKEN``
+    A wake-up resumed the parked task (one call into its event loop is on its
+    way), and the task has not run yet.
+``NOTIFIED``
+    A wake-up arrived while the task was not parked; its next :meth:`Waker.park`
+    returns at once.
+
+``wake()`` moves ``PARKED`` to ``WOKEN`` (and is the only transition that calls
+into the event loop) and ``IDLE`` to ``NOTIFIED``; in ``WOKEN`` and ``NOTIFIED`` it
+does nothing, because a resumption is already due. That is the coalescing: any
+number of wake-ups between two resumptions cost one resumption and at most one
+cross-thread call. When ``park()`` returns, the state is ``IDLE`` again. A
+wake-up that was folded into a pending one happened before the task resumed, so
+whatever the task checks after ``park()`` returns already sees its effects.
+
+:class:`AtomicWaker` and :class:`DiatomicWaker` hold the waker of the task that
+wants to be woken, so that producers can find it. Both rely only on operations
+that are atomic without the GIL: a lock, a non-blocking lock acquisition, and
+single reads and writes of an object reference (a reference is one machine word:
+a reader sees the old object or the new one, never a mix).
+
+The :class:`DiatomicWaker` protocol
+-----------------------------------
+
+One consumer, any number of notifiers, any threads.
+
+The consumer, in :meth:`~DiatomicWaker.wait_until`: checks its predicate;
+*registers* its waker (one reference store into the slot); checks again; parks;
+after every resumption checks again; *unregisters* (stores ``None``) when it
+leaves, however it leaves. A notifier first changes the state the predicate
+reads, then calls :meth:`~DiatomicWaker.notify`.
+
+Why no notification is lost: a notifier reads the slot after changing the state.
+If it reads ``None``, the consumer had not registered yet, so its check after
+registering comes later and sees the new state. If it reads the waker, it wakes
+it: the consumer is either parked (and resumes) or about to park (and the
+waker's ``NOTIFIED`` state makes that park return at once).
+
+Why nobody waits on anybody: registering and unregistering are single stores
+that never take a lock, so the consumer never makes a notifier wait, and a
+notifier never delays a consumer that registers. Notifiers do not wait on each
+other either: one of them holds the right to notify (a lock taken without
+blocking); the others set a "requested" flag and leave, and the holder, after
+releasing, looks at the flag and notifies once more for all of them. A notify
+with nobody registered is one read of the slot.
+
+The Rust ``diatomic-waker`` crate needs two waker slots, because there a waker
+is several words that a notifier copies while the consumer may replace it; a
+Python reference is replaced and read atomically, so one slot gives the same
+guarantees here.
 """
 
 from __future__ import annotations
@@ -19,8 +81,11 @@ from typing import TypeVar, final
 from ._backends import current_binding as _current_binding
 from ._parking import PENDING as _PENDING
 from ._parking import ParkedTask as _ParkedTask
+from ._wakers import AtomicWaker as AtomicWaker
+from ._wakers import DiatomicWaker as DiatomicWaker
+from ._wakers import Waker as Waker
 
-__all__ = ["Waiter"]
+__all__ = ["AtomicWaker", "DiatomicWaker", "Waiter", "Waker"]
 
 _T = TypeVar("_T")
 

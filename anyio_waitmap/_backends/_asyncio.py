@@ -6,7 +6,7 @@ import math
 import sys
 from asyncio import AbstractEventLoop, CancelledError, Future, current_task
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from anyio import current_effective_deadline
 from anyio.lowlevel import (
@@ -16,7 +16,7 @@ from anyio.lowlevel import (
 )
 
 if TYPE_CHECKING:
-    from .._parking import ParkedTask
+    from ._base import Parkable
 
 
 def _release(future: Future[None]) -> None:
@@ -41,7 +41,7 @@ class AsyncioBinding:
     def new_handle(self) -> Future[None]:
         return self._loop.create_future()
 
-    def park(self, task: ParkedTask[Any]) -> Future[None]:
+    def park(self, task: Parkable) -> Future[None]:
         return task._handle  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
 
     def unpark(self, handle: Future[None]) -> bool:

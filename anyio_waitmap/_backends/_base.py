@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from .._parking import ParkedTask
+
+class Parkable(Protocol):
+    """What a binding needs of the object a task parks on."""
+
+    #: What :meth:`Binding.new_handle` made for this park.
+    _handle: Any
+
+    def _abort(self) -> bool:
+        """The parked task is being cancelled: True if it may leave now, False if
+        it was already resumed and will see the cancellation later. Called with
+        no lock held, in the task's thread."""
+        ...
 
 
 class Binding(Protocol):
@@ -24,7 +34,7 @@ class Binding(Protocol):
         """
         ...
 
-    def park(self, task: ParkedTask[Any]) -> Awaitable[object]:
+    def park(self, task: Parkable) -> Awaitable[object]:
         """What to await to suspend the current task until :meth:`unpark` is
         called on its handle.
 

@@ -23,7 +23,7 @@ from trio.lowlevel import (
 )
 
 if TYPE_CHECKING:
-    from .._parking import ParkedTask
+    from ._base import Parkable
 
 
 class TrioBinding:
@@ -41,7 +41,7 @@ class TrioBinding:
     def new_handle(self) -> Task:
         return current_task()
 
-    def park(self, task: ParkedTask[Any]) -> Coroutine[Any, Any, object]:
+    def park(self, task: Parkable) -> Coroutine[Any, Any, object]:
         def abort(raise_cancel: RaiseCancelT) -> Abort:
             # Runs in the run's thread while the task is parked; must not raise.
             return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]

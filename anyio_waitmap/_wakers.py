@@ -1,0 +1,258 @@
+"""Waker, AtomicWaker and DiatomicWaker; their design is documented in
+:mod:`anyio_waitmap.lowlevel`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar, final
+
+from ._backends import current_binding
+
+if TYPE_CHECKING:
+    from ._backends._base import Binding
+
+T = TypeVar("T")
+
+_IDLE: Final = 0
+_PARKED: Final = 1
+_WOKEN: Final = 2
+_NOTIFIED: Final = 3
+_STATE_NAMES: Final = ("idle", "parked", "woken", "notified")
+
+
+@final
+class Waker:
+    """A reusable handle for waking a parked task, from any thread.
+
+    Create it in a task of the event loop whose tasks will park on it; one task
+    at a time may park on it, and it can be used again and again. Any thread
+    may call :meth:`wake` any number of times; wake-ups coalesce (see
+    :mod:`anyio_waitmap.lowlevel`), so a burst of them costs one resumption and
+    at most one call into the event loop.
+
+    Raises:
+        RuntimeError: no asyncio or trio task is running in this thread.
+    """
+
+    __slots__ = ("_binding", "_handle", "_lock", "_state")
+
+    def __init__(self) -> None:
+        self._binding: Binding = current_binding("Waker")
+        self._lock = threading.Lock()
+        self._state: int = _IDLE
+        self._handle: object = None
+
+    def usable_here(self) -> bool:
+        """Whether tasks of the running event loop can park on this waker."""
+        try:
+            return current_binding("Waker.usable_here") is self._binding
+        except RuntimeError:
+            return False
+
+    def wake(self) -> None:
+        """Resume the task if it is parked on this waker, else make its next
+        :meth:`park` return at once. Never blocks for long; idempotent until
+        the task runs."""
+        with self._lock:
+            state = self._state
+            if state == _PARKED:
+                self._state = _WOKEN
+                if not self._binding.unpark(self._handle):
+                    # Its event loop has finished: it will never run again.
+                    self._state = _IDLE
+            elif state == _IDLE:
+                self._state = _NOTIFIED
+
+    async def park(self) -> None:
+        """Wait for a wake-up; return at once if one arrived since the last return.
+
+        Must be awaited by a task of the event loop the waker was created in, by
+        one task at a time. This is a checkpoint. A cancellation leaves the
+        waker idle; a wake-up it may have swallowed carries no data, so whoever
+        parks next re-checks what it waits for anyway.
+        """
+        binding = self._binding
+        with self._lock:
+            notified = self._state == _NOTIFIED
+            if notified:
+                self._state = _IDLE
+            else:
+                self._state = _PARKED
+                self._handle = binding.new_handle()
+        if notified:
+            await binding.checkpoint()
+            return
+        try:
+            await binding.park(self)
+        finally:
+            with self._lock:
+                self._state = _IDLE
+                self._handle = None
+
+    def _abort(self) -> bool:
+        # trio's abort function: leave unless a wake-up already resumed the task.
+        with self._lock:
+            if self._state == _PARKED:
+                self._state = _IDLE
+                return True
+            return False
+
+    def __repr__(self) -> str:
+        return (
+            f"<anyio_waitmap.lowlevel.Waker {_STATE_NAMES[self._state]} "
+            f"on {self._binding.name}>"
+        )
+
+
+@final
+class AtomicWaker:
+    """A slot for the waker of the one task that wants to be woken next.
+
+    * :meth:`register` stores a waker; the last one registered wins, and an
+      earlier one is not woken by later wake-ups.
+    * :meth:`wake` takes the registered waker out and wakes it. With nothing
+      registered it does nothing, and nothing is remembered for a later
+      :meth:`register`.
+
+    Use it as: register, check your condition, then park; producers change the
+    condition, then :meth:`wake`. A wake-up racing the registration is not lost:
+    either it comes after the registration and wakes the waker, or it comes
+    before and the check after registering sees the changed condition.
+    """
+
+    __slots__ = ("_lock", "_waker")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waker: Waker | None = None
+
+    def register(self, waker: Waker) -> None:
+        """Make ``waker`` the one that the next :meth:`wake` wakes."""
+        with self._lock:
+            self._waker = waker
+
+    def take(self) -> Waker | None:
+        """Remove and return the registered waker, without waking it."""
+        if self._waker is None:
+            return None
+        with self._lock:
+            waker = self._waker
+            self._waker = None
+        return waker
+
+    def wake(self) -> bool:
+        """Wake the registered waker and clear the registration.
+
+        Returns:
+            Whether a waker was registered.
+        """
+        waker = self.take()
+        if waker is None:
+            return False
+        waker.wake()
+        return True
+
+    def __repr__(self) -> str:
+        state = "empty" if self._waker is None else "registered"
+        return f"<anyio_waitmap.lowlevel.AtomicWaker {state}>"
+
+
+@final
+class DiatomicWaker:
+    """One consumer waits until a condition holds; any thread notifies it.
+
+    The protocol, and why it loses no notification and makes nobody wait, is
+    described in the documentation of :mod:`anyio_waitmap.lowlevel`.
+    :class:`~anyio_waitmap.WakeSink` is the high-level interface built on it.
+    """
+
+    __slots__ = ("_cached", "_notifying", "_requested", "_waker")
+
+    def __init__(self) -> None:
+        self._waker: Waker | None = None
+        self._cached: Waker | None = None
+        self._notifying = threading.Lock()
+        self._requested = False
+
+    def register(self, waker: Waker) -> None:
+        """Make ``waker`` the one that :meth:`notify` wakes. Never blocks."""
+        self._waker = waker
+
+    def unregister(self) -> None:
+        """Stop waking any waker. Never blocks."""
+        self._waker = None
+
+    @property
+    def registered(self) -> bool:
+        """Whether a waker is registered."""
+        return self._waker is not None
+
+    def notify(self) -> None:
+        """Wake the registered waker, if any. Never blocks; any thread."""
+        if self._waker is None:
+            return
+        self._requested = True
+        notifying = self._notifying
+        while notifying.acquire(False):
+            try:
+                self._requested = False
+                waker = self._waker
+                # The consumer may have unregistered since the first read.
+                if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
+                    waker.wake()
+            finally:
+                notifying.release()
+            if not self._requested:
+                return
+        # Another notifier holds the right to notify: it will see the request.
+
+    def waker(self) -> Waker:
+        """A waker for the running event loop: the last one used, if it is one.
+
+        Reusing it saves an allocation on every wait of a consumer that stays in
+        one event loop.
+        """
+        waker = self._cached
+        if waker is None or not waker.usable_here():
+            waker = self._cached = Waker()
+        return waker
+
+    async def wait_until(self, predicate: Callable[[], T | None]) -> T:
+        """Return the first value other than ``None`` that ``predicate`` returns.
+
+        ``predicate`` runs now, then again after every notification, in the
+        waiting task. Only one task may wait at a time (this is not checked
+        here; :class:`~anyio_waitmap.WakeSink` checks it).
+
+        This is a checkpoint. A value that ``predicate`` returned is returned
+        even if a cancellation arrives at the same time; the cancellation then
+        takes effect at the next checkpoint. However it leaves, the task leaves
+        nothing registered.
+
+        Raises:
+            Exception: whatever ``predicate`` raised.
+        """
+        binding = current_binding("DiatomicWaker.wait_until")
+        await binding.checkpoint_if_cancelled()
+        value = predicate()
+        if value is not None:
+            await binding.yield_keeping_value()
+            return value
+        waker = self._cached
+        if waker is None or waker._binding is not binding:  # pyright: ignore[reportPrivateUsage]
+            waker = self._cached = Waker()
+        self._waker = waker
+        try:
+            while True:
+                value = predicate()
+                if value is not None:
+                    return value
+                await waker.park()
+        finally:
+            self._waker = None
+
+    def __repr__(self) -> str:
+        state = "idle" if self._waker is None else "registered"
+        return f"<anyio_waitmap.lowlevel.DiatomicWaker {state}>"
