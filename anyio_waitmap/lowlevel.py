@@ -166,3 +166,14 @@ class Waiter(_ParkedTask[_T]):
     def __repr__(self) -> str:
         state = ("waiting", "woken", "thrown into", "aborted", "dead")[self._state]
         return f"<anyio_waitmap.lowlevel.Waiter {state} on {self._binding.name}>"
+
+
+def _set_public_module() -> None:
+    # Show the public classes as anyio_waitmap.lowlevel.X in reprs and docs.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            obj.__module__ = __name__
+
+
+_set_public_module()
