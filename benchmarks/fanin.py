@@ -1,0 +1,193 @@
+"""Keyed fan-in: N tasks wait on distinct keys, then each is woken with a value.
+
+Prints, per event loop, the median cost per key of each row, net of the cost
+of spawning and finishing N tasks that do nothing (measured in the same round),
+and its ratio to the raw mechanism of that loop. Rows are sampled in
+interleaved rounds, each sample in a fresh event loop, with the cyclic GC
+collected before and disabled during the sample.
+
+    python benchmarks/fanin.py [--keys 10000] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import outcome
+import trio
+import trio.testing
+import uvloop
+
+from anyio_waitmap import WaitMap
+
+N = 10_000
+
+
+async def asyncio_spawn_only() -> None:
+    async def task(key: int) -> None:
+        pass
+
+    await asyncio.gather(*[asyncio.create_task(task(key)) for key in range(N)])
+
+
+async def asyncio_raw_futures() -> None:
+    loop = asyncio.get_running_loop()
+    futures: dict[int, asyncio.Future[int]] = {}
+
+    async def task(key: int) -> int:
+        future = futures[key] = loop.create_future()
+        try:
+            return await future
+        finally:
+            futures.pop(key, None)
+
+    tasks = [asyncio.create_task(task(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        futures.pop(key).set_result(key)
+    await asyncio.gather(*tasks)
+
+
+async def asyncio_waitmap() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    tasks = [asyncio.create_task(wm.wait(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        wm.wake(key, key)
+    await asyncio.gather(*tasks)
+
+
+async def asyncio_anyio_event() -> None:
+    events: dict[int, anyio.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = anyio.Event()
+        await event.wait()
+        return values.pop(key)
+
+    tasks = [asyncio.create_task(task(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        values[key] = key
+        events.pop(key).set()
+    await asyncio.gather(*tasks)
+
+
+async def trio_spawn_only() -> None:
+    async def task(key: int) -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+
+
+async def trio_raw_reschedule() -> None:
+    tasks: dict[int, trio.lowlevel.Task] = {}
+
+    async def task(key: int) -> object:
+        tasks[key] = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            tasks.pop(key, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            trio.lowlevel.reschedule(tasks.pop(key), outcome.Value(key))
+
+
+async def trio_waitmap() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(wm.wait, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            wm.wake(key, key)
+
+
+async def trio_anyio_event() -> None:
+    events: dict[int, anyio.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = anyio.Event()
+        await event.wait()
+        return values.pop(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            values[key] = key
+            events.pop(key).set()
+
+
+Runner = Callable[[Callable[[], Awaitable[None]]], None]
+LOOPS: dict[str, tuple[Runner, list[Callable[[], Awaitable[None]]]]] = {
+    "asyncio": (
+        lambda main: asyncio.run(main()),  # type: ignore[arg-type]
+        [asyncio_spawn_only, asyncio_raw_futures, asyncio_waitmap, asyncio_anyio_event],
+    ),
+    "uvloop": (
+        lambda main: uvloop.run(main()),  # type: ignore[arg-type]
+        [asyncio_spawn_only, asyncio_raw_futures, asyncio_waitmap, asyncio_anyio_event],
+    ),
+    "trio": (
+        trio.run,
+        [trio_spawn_only, trio_raw_reschedule, trio_waitmap, trio_anyio_event],
+    ),
+}
+
+
+def sample(run: Runner, row: Callable[[], Awaitable[None]]) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        run(row)
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def main() -> None:
+    global N
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=N)
+    parser.add_argument("--rounds", type=int, default=15)
+    options = parser.parse_args()
+    N = options.keys
+    for loop_name, (run, rows) in LOOPS.items():
+        for row in rows:  # warm-up, untimed
+            sample(run, row)
+        samples: dict[str, list[float]] = {row.__name__: [] for row in rows}
+        for _ in range(options.rounds):
+            for row in rows:
+                samples[row.__name__].append(sample(run, row))
+        per_key = {name: statistics.median(s) / N * 1e9 for name, s in samples.items()}
+        spawn = per_key.pop(rows[0].__name__)
+        raw = per_key[rows[1].__name__] - spawn
+        print(f"{loop_name}: spawn+finish {spawn:,.0f} ns/key (subtracted)")
+        for name, ns in per_key.items():
+            net = ns - spawn
+            print(f"  {name:24} {net:8,.0f} ns/key net   {net / raw:5.2f}x raw")
+
+
+if __name__ == "__main__":
+    main()
