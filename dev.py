@@ -80,6 +80,12 @@ def test(python: Path, args: list[str]) -> None:
         "--ignoreexternal",
         env={"PYTHONPATH": os.pathsep.join([str(ROOT), site_packages])},
     )
+    # The docs, with every warning an error, and their examples run as doctests.
+    for builder in ("html", "doctest"):
+        run(
+            python, "-m", "sphinx", "-W", "--keep-going", "-n", "-q",
+            "-b", builder, "docs", ROOT / "docs" / "_build" / builder,
+        )  # fmt: skip
     # pytest exits with 5 when it collected no test: that fails here too.
     run(python, "-m", "pytest", *args)
 
