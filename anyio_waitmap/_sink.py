@@ -57,7 +57,9 @@ class WakeSink:
 
         Never blocks; callable from any thread. Costs one read when no task waits.
         """
-        self._waker.notify()
+        waker = self._waker
+        if waker._waker is not None:  # pyright: ignore[reportPrivateUsage]
+            waker.notify()
 
     async def wait_until(self, predicate: Callable[[], T | None]) -> T:
         """Return the first value other than ``None`` that ``predicate`` returns.
@@ -133,14 +135,17 @@ class WakeSource:
     Get one with :meth:`WakeSink.source`; make as many as you like.
     """
 
-    __slots__ = ("_sink",)
+    __slots__ = ("_sink", "_waker")
 
     def __init__(self, sink: WakeSink) -> None:
         self._sink = sink
+        self._waker = sink._waker  # pyright: ignore[reportPrivateUsage]
 
     def notify(self) -> None:
         """Same as :meth:`WakeSink.notify`: never blocks, any thread."""
-        self._sink._waker.notify()  # pyright: ignore[reportPrivateUsage]
+        waker = self._waker
+        if waker._waker is not None:  # pyright: ignore[reportPrivateUsage]
+            waker.notify()
 
     @property
     def closed(self) -> bool:
