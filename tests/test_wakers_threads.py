@@ -1,0 +1,832 @@
+"""WakeSink and the lowlevel wakers driven from plain threads.
+
+Bounded stress ports of the Rust ``diatomic-waker`` crate's scenarios (many
+producers, spurious notifications, a consumer that changes between waits), the
+AtomicWaker contract across threads, and the coalescing promised by
+:mod:`anyio_waitmap.lowlevel`: any number of wake-ups that arrive before the task
+runs cost one resumption, one check of the predicate and at most one call into
+the event loop.
+
+Every thread started here is a daemon joined with a timeout (and asserted to have
+finished); every wait that only a lost notification could make long runs under
+``anyio.fail_after``, so such a bug fails as a timeout instead of hanging. No test
+asserts anything about timing.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from anyio_waitmap import WakeSink
+from anyio_waitmap._backends._asyncio import AsyncioBinding
+from anyio_waitmap._backends._trio import TrioBinding
+from anyio_waitmap.lowlevel import AtomicWaker, DiatomicWaker, Waker
+
+pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
+
+#: Hang guard for joins and waits that only a bug could make long.
+JOIN_TIMEOUT = 10.0
+#: How long a park that must not return is given to (wrongly) return.
+SHORT = 0.05
+SEED = 20240611
+
+PRODUCERS = 4
+TOKENS_PER_PRODUCER = 2_000
+SPURIOUS_BURST = 300
+#: Every this many tokens, a producer pauses until the consumer is parked, so
+#: that every run exercises wake-ups of a parked consumer, not only a busy one.
+RENDEZVOUS_EVERY = 500
+
+CHANGING_PRODUCERS = 4
+CHANGING_TOKENS_PER_PRODUCER = 600
+
+RACE_ROUNDS = 500
+NOTIFY_BURST = 1_000
+NOTIFIER_THREADS = 4
+COUNTER_ROUNDS = 300
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+class _Worker(threading.Thread, Generic[T]):
+    """A daemon thread that keeps what its function returned or raised."""
+
+    def __init__(self, function: Callable[[], T], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._function = function
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._function()
+        except BaseException as exc:
+            self._error = exc
+
+    def finish(self, timeout: float = JOIN_TIMEOUT) -> T:
+        """Join the thread, fail if it is still alive, re-raise what it raised."""
+        self.join(timeout)
+        assert not self.is_alive(), f"thread {self.name!r} did not finish"
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+def _run_in_thread_now(function: Callable[[], T]) -> T:
+    """Run ``function`` in a new thread and join it without yielding to the loop.
+
+    Called from a task, this blocks the event loop for a moment, so no other task
+    of the loop can run while ``function`` runs: the thread cannot need the loop,
+    since waking never waits for it.
+    """
+    worker = _Worker(function, "synchronous helper")
+    worker.start()
+    return worker.finish()
+
+
+def _finish_all(workers: list[_Worker[T]]) -> list[T]:
+    return [worker.finish() for worker in workers]
+
+
+def _notify_many(notify: Callable[[], None], times: int) -> None:
+    for _ in range(times):
+        notify()
+
+
+def _state(waker: Waker | None) -> str:
+    """The waker's state as its repr shows it: idle, parked, woken or notified."""
+    if waker is None:
+        return "unregistered"
+    return repr(waker).split()[1]
+
+
+def _sink_waker(sink: WakeSink) -> Waker | None:
+    """The waker registered in the sink right now, if any."""
+    return sink._waker._waker
+
+
+def _consumer_parked(sink: WakeSink) -> bool:
+    return _state(_sink_waker(sink)) == "parked"
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Let other tasks run until ``condition`` holds; fail if it never does."""
+    with anyio.move_on_after(JOIN_TIMEOUT):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.0005)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _wait_in_thread(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` from a plain thread; fail (not hang) if it never holds."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.0002)
+
+
+@pytest.fixture
+def unpark_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, as thread idents, every call that a wake-up makes into a loop."""
+    calls: list[int] = []
+
+    def counting(original: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+        def unpark(self: Any, handle: Any) -> bool:
+            calls.append(threading.get_ident())
+            return original(self, handle)
+
+        return unpark
+
+    monkeypatch.setattr(AsyncioBinding, "unpark", counting(AsyncioBinding.unpark))
+    monkeypatch.setattr(TrioBinding, "unpark", counting(TrioBinding.unpark))
+    return calls
+
+
+@pytest.fixture
+def slow_wake(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make some wake-ups from other threads linger once they resumed the task.
+
+    A notifier that wakes a parked consumer still holds the sink's right to
+    notify when Waker.wake() returns; a real thread can be descheduled right
+    there. Sleeping there, at random, lets the consumer resume, check and park
+    again, and other notifiers find the right taken, while the first still holds
+    it: the window in which a notification handed over to the holder could be
+    dropped. (Sleeping inside the call into the loop would not do: the waker's
+    own lock is held there, so the consumer could not resume.) Returns the list
+    of pauses made, one item each.
+    """
+    pauses: list[int] = []
+    rng = random.Random(SEED + 99)
+    loop_thread = threading.get_ident()  # sync fixtures run in the loop's thread
+    original = Waker.wake
+
+    def lingering(self: Waker) -> None:
+        was_parked = _state(self) == "parked"
+        original(self)
+        from_thread = threading.get_ident() != loop_thread
+        if was_parked and from_thread and rng.random() < 0.5:
+            pauses.append(1)
+            time.sleep(rng.random() * 0.001)
+
+    monkeypatch.setattr(Waker, "wake", lingering)
+    return pauses
+
+
+class _CountingPredicate:
+    """Counts its calls; returns ``value`` once it is set (None until then)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.value: object = None
+
+    def __call__(self) -> object:
+        self.calls += 1
+        return self.value
+
+
+# -- 1. diatomic-waker scenarios: many producers, spurious notifications -----------
+
+
+def _produce(
+    index: int,
+    queue: collections.deque[tuple[int, int]],
+    sink: WakeSink,
+    start: threading.Barrier,
+    seed: int,
+) -> int:
+    """Append this producer's tokens one by one, notifying after each; odd
+    producers first send a burst of notifications with nothing new."""
+    rng = random.Random(seed)
+    source = sink.source()
+    start.wait(JOIN_TIMEOUT)
+    if index % 2:
+        for _ in range(SPURIOUS_BURST):
+            source.notify()
+    for number in range(TOKENS_PER_PRODUCER):
+        if number and number % RENDEZVOUS_EVERY == 0:
+            _wait_in_thread(lambda: _consumer_parked(sink), "the consumer to park")
+        queue.append((index, number))
+        source.notify()
+        if rng.random() < 0.05:
+            source.notify()  # a spurious one in the middle
+        if rng.random() < 0.02:
+            time.sleep(rng.random() * 0.0005)
+    return TOKENS_PER_PRODUCER
+
+
+@pytest.mark.stress
+async def test_stress_every_token_arrives_exactly_once(
+    anyio_backend: object, slow_wake: list[int]
+) -> None:
+    """Port of diatomic-waker's multi-producer scenarios with spurious
+    notifications: every token appended before a notify() reaches the consumer
+    exactly once, in each producer's order, and no notification is lost (a lost
+    one leaves the consumer parked with tokens queued: a timeout)."""
+    master = random.Random(SEED)
+    queue: collections.deque[tuple[int, int]] = collections.deque()
+    sink = WakeSink()
+    start = threading.Barrier(PRODUCERS + 1)
+    producers = [
+        _Worker(
+            functools.partial(
+                _produce, index, queue, sink, start, master.randrange(2**32)
+            ),
+            f"producer {index}",
+        )
+        for index in range(PRODUCERS)
+    ]
+    received: list[tuple[int, int]] = []
+    total = PRODUCERS * TOKENS_PER_PRODUCER
+    for producer in producers:
+        producer.start()
+    try:
+        start.wait(JOIN_TIMEOUT)
+        with anyio.fail_after(JOIN_TIMEOUT):
+            while len(received) < total:
+                received.append(
+                    await sink.wait_until(lambda: queue.popleft() if queue else None)
+                )
+    finally:
+        start.abort()
+        sent = _finish_all(producers)
+
+    assert sum(sent) == total
+    assert not queue
+    expected = [(i, n) for i in range(PRODUCERS) for n in range(TOKENS_PER_PRODUCER)]
+    assert sorted(received) == expected
+    for index in range(PRODUCERS):
+        mine = [number for who, number in received if who == index]
+        assert mine == list(range(TOKENS_PER_PRODUCER)), "a producer's order changed"
+    assert not sink._waker.registered
+    assert sink.statistics().consumer_waiting is False
+
+
+# -- 2. diatomic-waker scenarios: the consumer changes between waits ---------------
+
+
+def _produce_slowly(
+    index: int,
+    queue: collections.deque[tuple[int, int]],
+    notify: Callable[[], None],
+    start: threading.Event,
+    seed: int,
+) -> int:
+    rng = random.Random(seed)
+    assert start.wait(JOIN_TIMEOUT)
+    if index % 2:
+        for _ in range(SPURIOUS_BURST):
+            notify()
+    for number in range(CHANGING_TOKENS_PER_PRODUCER):
+        queue.append((index, number))
+        notify()
+        if rng.random() < 0.3:
+            time.sleep(rng.random() * 0.0003)
+    return CHANGING_TOKENS_PER_PRODUCER
+
+
+async def _receive_with_sink(
+    sink: WakeSink,
+    queue: collections.deque[tuple[int, int]],
+    count: int,
+    received: list[tuple[int, int]],
+) -> None:
+    for _ in range(count):
+        received.append(
+            await sink.wait_until(lambda: queue.popleft() if queue else None)
+        )
+
+
+async def _receive_with_fresh_waker(
+    diatomic: DiatomicWaker,
+    queue: collections.deque[tuple[int, int]],
+    count: int,
+    received: list[tuple[int, int]],
+) -> None:
+    # The protocol by hand, with a waker nobody used before: register, check,
+    # park, check again after every wake-up, unregister however we leave.
+    waker = Waker()
+    diatomic.register(waker)
+    try:
+        for _ in range(count):
+            while not queue:
+                await waker.park()
+            received.append(queue.popleft())
+    finally:
+        diatomic.unregister()
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("consumer", ["sink_new_task", "new_task_new_waker"])
+async def test_stress_changing_consumer_task_receives_every_token_once(
+    anyio_backend: object, consumer: str, slow_wake: list[int]
+) -> None:
+    """Port of diatomic-waker's scenario where the consumer's waker changes
+    between waits: every few tokens a new task (one at a time) takes over as the
+    consumer; no token is lost or received twice, and no notification is lost."""
+    master = random.Random(SEED + 1)
+    queue: collections.deque[tuple[int, int]] = collections.deque()
+    sink = WakeSink()
+    diatomic = DiatomicWaker()
+    notify = sink.notify if consumer == "sink_new_task" else diatomic.notify
+    start = threading.Event()
+    producers = [
+        _Worker(
+            functools.partial(
+                _produce_slowly, index, queue, notify, start, master.randrange(2**32)
+            ),
+            f"producer {index}",
+        )
+        for index in range(CHANGING_PRODUCERS)
+    ]
+    received: list[tuple[int, int]] = []
+    total = CHANGING_PRODUCERS * CHANGING_TOKENS_PER_PRODUCER
+    tasks = 0
+    for producer in producers:
+        producer.start()
+    try:
+        start.set()
+        with anyio.fail_after(JOIN_TIMEOUT):
+            while len(received) < total:
+                count = min(master.randint(1, 4), total - len(received))
+                async with anyio.create_task_group() as tg:
+                    if consumer == "sink_new_task":
+                        tg.start_soon(_receive_with_sink, sink, queue, count, received)
+                    else:
+                        tg.start_soon(
+                            _receive_with_fresh_waker, diatomic, queue, count, received
+                        )
+                tasks += 1
+                assert not sink._waker.registered
+                assert not diatomic.registered
+                assert not sink.statistics().consumer_waiting
+    finally:
+        start.set()
+        sent = _finish_all(producers)
+
+    assert sum(sent) == total
+    assert tasks >= total // 4
+    assert not queue
+    expected = [
+        (i, n)
+        for i in range(CHANGING_PRODUCERS)
+        for n in range(CHANGING_TOKENS_PER_PRODUCER)
+    ]
+    assert sorted(received) == expected
+
+
+# -- 3. AtomicWaker across threads -----------------------------------------------
+
+
+@pytest.mark.parametrize("waker_side", ["thread", "task"])
+async def test_atomic_waker_register_then_wake_wakes_parked_task(
+    anyio_backend: object, waker_side: str
+) -> None:
+    """A waker registered and parked on is resumed by wake(), which reports that
+    a waker was registered, from another task or from a plain thread."""
+    slot = AtomicWaker()
+    waker = Waker()
+    slot.register(waker)
+    resumed = 0
+
+    async def sleeper() -> None:
+        nonlocal resumed
+        await waker.park()
+        resumed += 1
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sleeper)
+            await _until(lambda: _state(waker) == "parked", "the task to park")
+            if waker_side == "thread":
+                woke = await anyio.to_thread.run_sync(slot.wake)
+            else:
+                woke = slot.wake()
+            assert woke is True
+    assert resumed == 1
+    assert _state(waker) == "idle"
+    assert slot.take() is None, "wake() cleared the registration"
+    assert slot.wake() is False
+
+
+async def test_atomic_waker_wake_before_register_is_not_remembered(
+    anyio_backend: object,
+) -> None:
+    """wake() with nothing registered returns False and stores nothing: a waker
+    registered afterwards is not woken by it."""
+    slot = AtomicWaker()
+    assert _run_in_thread_now(slot.wake) is False
+    assert slot.wake() is False
+    waker = Waker()
+    slot.register(waker)
+    assert "registered" in repr(slot)
+    assert _state(waker) == "idle"
+    with anyio.move_on_after(SHORT) as scope:
+        await waker.park()
+    assert scope.cancelled_caught, "an earlier wake() reached a later registration"
+    assert _state(waker) == "idle"
+    assert slot.take() is waker
+
+
+async def test_atomic_waker_last_register_wins(anyio_backend: object) -> None:
+    """With two wakers registered in turn, wake() (from a thread) resumes only the
+    last one; the first stays parked, untouched."""
+    slot = AtomicWaker()
+    first, second = Waker(), Waker()
+    done: list[str] = []
+
+    async def sleeper(name: str, waker: Waker) -> None:
+        await waker.park()
+        done.append(name)
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sleeper, "first", first)
+            tg.start_soon(sleeper, "second", second)
+            await _until(
+                lambda: _state(first) == _state(second) == "parked",
+                "both tasks to park",
+            )
+            slot.register(first)
+            slot.register(second)
+            assert _run_in_thread_now(slot.wake) is True
+            await _until(lambda: done == ["second"], "the second task to resume")
+            await anyio.sleep(SHORT)
+            assert done == ["second"], "the first waker was woken too"
+            assert _state(first) == "parked"
+            assert _state(second) == "idle"
+            assert slot.wake() is False, "the first waker is not registered any more"
+            first.wake()  # let the first task finish
+    assert done == ["second", "first"]
+
+
+@pytest.mark.stress
+async def test_stress_atomic_waker_wake_racing_register_is_never_lost(
+    anyio_backend: object,
+) -> None:
+    """Each round, a thread sets a flag then calls wake() just as the task
+    registers a fresh waker, checks the flag and parks only if it is unset: the
+    task always resumes, since either the wake-up finds the new waker or the
+    check sees the flag."""
+    slot = AtomicWaker()
+    flags = [threading.Event() for _ in range(RACE_ROUNDS)]
+    go = [threading.Event() for _ in range(RACE_ROUNDS)]
+    # Set once the producer's wake() of a round has returned, so that it cannot
+    # take the waker of the next round (a legitimate but spurious wake-up).
+    done = [threading.Event() for _ in range(RACE_ROUNDS)]
+    stop = threading.Event()
+    rng = random.Random(SEED + 2)
+
+    def producer(seed: int) -> int:
+        thread_rng = random.Random(seed)
+        woke = 0
+        for round_ in range(RACE_ROUNDS):
+            while not go[round_].wait(0.05):
+                if stop.is_set():
+                    return woke
+            for _ in range(thread_rng.randrange(4)):
+                time.sleep(0)
+            flags[round_].set()
+            woke += slot.wake()
+            done[round_].set()
+        return woke
+
+    worker = _Worker(functools.partial(producer, rng.randrange(2**32)), "producer")
+    worker.start()
+    parked = 0
+    try:
+        for round_ in range(RACE_ROUNDS):
+            # Blocks the loop for a moment: the producer never needs it.
+            assert round_ == 0 or done[round_ - 1].wait(JOIN_TIMEOUT)
+            waker = Waker()
+            go[round_].set()
+            for _ in range(rng.randrange(3)):
+                await anyio.lowlevel.checkpoint()
+            slot.register(waker)
+            if not flags[round_].is_set():
+                parked += 1
+                with anyio.fail_after(JOIN_TIMEOUT):
+                    await waker.park()
+                assert flags[round_].is_set(), "woken before the flag was set"
+    finally:
+        stop.set()
+        woke = await anyio.to_thread.run_sync(worker.finish)
+    assert 0 <= woke <= RACE_ROUNDS
+    assert woke >= parked, "a parked round resumed without a successful wake()"
+
+
+# -- 4. two wake-ups, from the loop and from a thread, resume the task once ---------
+
+
+@pytest.mark.parametrize("order", ["thread_then_loop", "loop_then_thread"])
+async def test_parked_task_woken_from_loop_and_thread_resumes_once(
+    anyio_backend: object, order: str, unpark_calls: list[int]
+) -> None:
+    """Two wake-ups before the parked task runs, one from a thread and one from
+    the loop's own thread, resume it exactly once, with one call into the loop,
+    and leave no pending wake-up behind: its next park() really parks."""
+    waker = Waker()
+    resumptions = 0
+
+    async def sleeper() -> None:
+        nonlocal resumptions
+        while True:
+            await waker.park()
+            resumptions += 1
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sleeper)
+            await _until(lambda: _state(waker) == "parked", "the task to park")
+            # No await from here on until both wake-ups are done: the task
+            # cannot run in between.
+            if order == "thread_then_loop":
+                _run_in_thread_now(waker.wake)
+                assert _state(waker) == "woken"
+                waker.wake()
+            else:
+                waker.wake()
+                assert _state(waker) == "woken"
+                _run_in_thread_now(waker.wake)
+            assert _state(waker) == "woken"
+            assert resumptions == 0
+            await _until(
+                lambda: resumptions >= 1 and _state(waker) == "parked",
+                "the task to resume and park again",
+            )
+            await anyio.sleep(SHORT)
+            assert resumptions == 1
+            assert _state(waker) == "parked", "a second wake-up was remembered"
+            tg.cancel_scope.cancel()
+    assert resumptions == 1
+    assert _state(waker) == "idle"
+    assert len(unpark_calls) == 1
+
+
+# -- 5. coalescing: a burst of notifications costs one check and one call ---------
+
+
+@pytest.mark.parametrize("notifiers", ["one_thread", "threads", "loop_thread"])
+async def test_burst_of_notifications_coalesces(
+    anyio_backend: object, notifiers: str, unpark_calls: list[int]
+) -> None:
+    """A thousand notify() calls (from one thread, from four, or from the loop's
+    own thread) while the consumer is parked, before it can run, cost one
+    resumption: the predicate runs once more and one call goes into the loop."""
+    sink = WakeSink()
+    predicate = _CountingPredicate()
+    result: list[object] = []
+
+    async def consumer() -> None:
+        result.append(await sink.wait_until(predicate))
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer)
+            await _until(lambda: _consumer_parked(sink), "the consumer to park")
+            checks_before = predicate.calls
+            assert checks_before == 2  # before registering and after
+            assert unpark_calls == []
+            predicate.value = "ready"
+            # No await until all notifications are sent: the consumer cannot run.
+            if notifiers == "one_thread":
+                _run_in_thread_now(lambda: _notify_many(sink.notify, NOTIFY_BURST))
+            elif notifiers == "threads":
+                source = sink.source()
+                workers = [
+                    _Worker(
+                        functools.partial(
+                            _notify_many,
+                            source.notify,
+                            NOTIFY_BURST // NOTIFIER_THREADS,
+                        ),
+                        f"notifier {i}",
+                    )
+                    for i in range(NOTIFIER_THREADS)
+                ]
+                for worker in workers:
+                    worker.start()
+                _finish_all(workers)
+            else:
+                _notify_many(sink.notify, NOTIFY_BURST)
+            assert _state(_sink_waker(sink)) == "woken"
+            assert predicate.calls == checks_before
+            assert len(unpark_calls) == 1, "more than one call into the loop"
+    assert result == ["ready"]
+    assert predicate.calls <= 4
+    assert predicate.calls == checks_before + 1
+    assert len(unpark_calls) == 1
+    assert not sink._waker.registered
+
+
+# -- 6. concurrent notifiers never lose a request ----------------------------------
+
+
+@pytest.mark.stress
+async def test_stress_concurrent_notifiers_never_lose_a_request(
+    anyio_backend: object, slow_wake: list[int]
+) -> None:
+    """Each round, four threads each hammer notify(), increment a shared counter
+    and notify once more, then stop until the next round; the consumer waits for
+    the counter to reach the round's target. The last increment's notification
+    often meets another thread's notify() in progress: it must be passed on, not
+    dropped (nobody notifies again until the consumer moves on)."""
+    sink = WakeSink()
+    counter = [0]
+    counter_lock = threading.Lock()
+    go = [threading.Event() for _ in range(COUNTER_ROUNDS)]
+    stop = threading.Event()
+    master = random.Random(SEED + 3)
+
+    def notifier(seed: int) -> int:
+        rng = random.Random(seed)
+        source = sink.source()
+        for round_ in range(COUNTER_ROUNDS):
+            while not go[round_].wait(0.05):
+                if stop.is_set():
+                    return round_
+            for _ in range(rng.randrange(30)):
+                source.notify()
+            if rng.random() < 0.5:  # spread the increments over the round
+                time.sleep(rng.random() * 0.0005)
+            with counter_lock:
+                counter[0] += 1
+            source.notify()
+        return COUNTER_ROUNDS
+
+    workers = [
+        _Worker(functools.partial(notifier, master.randrange(2**32)), f"notifier {i}")
+        for i in range(NOTIFIER_THREADS)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for round_ in range(COUNTER_ROUNDS):
+            target = NOTIFIER_THREADS * (round_ + 1)
+            go[round_].set()
+
+            def reached_target(target: int = target) -> int | None:
+                return counter[0] if counter[0] >= target else None
+
+            with anyio.fail_after(JOIN_TIMEOUT):
+                reached = await sink.wait_until(reached_target)
+            assert reached == target, "a thread ran ahead of its round"
+    finally:
+        stop.set()
+        rounds = await anyio.to_thread.run_sync(_finish_all, workers)
+    assert rounds == [COUNTER_ROUNDS] * NOTIFIER_THREADS
+    assert counter[0] == NOTIFIER_THREADS * COUNTER_ROUNDS
+    assert not sink._waker.registered
+
+
+async def test_notification_handed_to_the_notifier_in_progress_is_delivered(
+    anyio_backend: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact interleaving behind a lost request, forced step by step: thread
+    A's notify() has woken the consumer and still holds the right to notify; the
+    consumer resumes, finds nothing, parks again; thread B changes the state and
+    notifies, finds the right taken and leaves. A must notify once more on B's
+    behalf before it returns, so the consumer sees B's change."""
+    sink = WakeSink()
+    predicate = _CountingPredicate()
+    result: list[object] = []
+    in_wake = threading.Event()
+    release = threading.Event()
+    original = Waker.wake
+
+    def holding_wake(self: Waker) -> None:
+        original(self)
+        if threading.current_thread().name == "notifier A" and not in_wake.is_set():
+            in_wake.set()  # the first wake-up of A: stay in notify() for a while
+            assert release.wait(JOIN_TIMEOUT)
+
+    monkeypatch.setattr(Waker, "wake", holding_wake)
+
+    async def consumer() -> None:
+        result.append(await sink.wait_until(predicate))
+
+    a = _Worker(sink.notify, "notifier A")
+    try:
+        with anyio.fail_after(JOIN_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await _until(lambda: _consumer_parked(sink), "the consumer to park")
+                assert predicate.calls == 2
+                a.start()  # a notification with nothing new
+                await _until(in_wake.is_set, "A to wake the consumer")
+                await _until(
+                    lambda: predicate.calls == 3 and _consumer_parked(sink),
+                    "the consumer to check and park again",
+                )
+
+                def change_and_notify() -> None:
+                    predicate.value = "from B"
+                    sink.notify()
+
+                _run_in_thread_now(change_and_notify)
+                assert _consumer_parked(sink), "B's notify() was not handed over"
+                release.set()
+                await anyio.to_thread.run_sync(a.finish)
+    finally:
+        release.set()
+        a.join(JOIN_TIMEOUT)
+    assert not a.is_alive()
+    assert result == ["from B"]
+    assert predicate.calls == 4
+    assert not sink._waker.registered
+
+
+# -- 7. a consumer that left is unregistered ---------------------------------------
+
+
+@pytest.mark.parametrize("how", ["returned", "returned_at_once", "cancelled", "raised"])
+async def test_consumer_that_left_is_unregistered(
+    anyio_backend: object, how: str, unpark_calls: list[int]
+) -> None:
+    """However the consumer leaves wait_until() (a value, a ready value, a
+    cancellation, an exception from its predicate), nothing stays registered, and
+    a later notify() from a thread touches nothing: the cached waker stays idle,
+    nothing goes into the loop, and the next consumer parks and is woken as
+    usual."""
+    sink = WakeSink()
+    predicate = _CountingPredicate()
+    outcome: list[object] = []
+
+    def failing() -> object:
+        if predicate() is not None:
+            raise LookupError("predicate failed")
+        return None
+
+    async def consumer() -> None:
+        try:
+            outcome.append(
+                await sink.wait_until(failing if how == "raised" else predicate)
+            )
+        except LookupError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        if how == "returned_at_once":
+            predicate.value = "ready"
+            await consumer()
+        else:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consumer)
+                await _until(lambda: _consumer_parked(sink), "the consumer to park")
+                assert sink._waker.registered
+                assert sink.statistics().consumer_waiting
+                if how == "cancelled":
+                    tg.cancel_scope.cancel()
+                else:
+                    predicate.value = "ready"
+                    await anyio.to_thread.run_sync(sink.notify)
+
+    if how in ("returned", "returned_at_once"):
+        assert outcome == ["ready"]
+    elif how == "raised":
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], LookupError)
+    else:
+        assert outcome == []
+    assert not sink._waker.registered
+    assert sink.statistics().consumer_waiting is False
+    assert "consumer waiting" not in repr(sink)
+
+    cached = sink._waker._cached
+    calls_before = len(unpark_calls)
+    _run_in_thread_now(lambda: _notify_many(sink.notify, 10))
+    assert not sink._waker.registered
+    assert len(unpark_calls) == calls_before, "a notify() reached a departed consumer"
+    if cached is not None:
+        assert _state(cached) == "idle", "a notify() reached a departed consumer"
+
+    # The sink still works: a new consumer parks, then is woken from a thread.
+    later = _CountingPredicate()
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+
+            async def second_consumer() -> None:
+                outcome.append(await sink.wait_until(later))
+
+            tg.start_soon(second_consumer)
+            await _until(lambda: _consumer_parked(sink), "the new consumer to park")
+            assert later.calls == 2, "the new consumer was woken by a stale notify"
+            later.value = "again"
+            await anyio.to_thread.run_sync(sink.notify)
+    assert outcome[-1] == "again"
+    assert later.calls == 3
+    assert not sink._waker.registered
