@@ -416,6 +416,7 @@ class WaitMap(MutableMapping[K, V]):
     @overload
     def get(self, key: K, default: V | D, /) -> V | D: ...
     def get(self, key: K, default: object = None, /) -> object:
+        """Return the value stored under ``key``, or ``default``; never waits."""
         return self._data.get(key, default)
 
     @overload
@@ -423,6 +424,11 @@ class WaitMap(MutableMapping[K, V]):
     @overload
     def pop(self, key: K, default: V | D, /) -> V | D: ...
     def pop(self, key: K, default: object = _MISSING, /) -> object:
+        """Remove and return the value stored under ``key``; never waits.
+
+        Raises:
+            KeyError: no value is stored under ``key`` and no default was given.
+        """
         hash(key)  # dict.pop() skips hashing when the dict is empty
         with self._lock:
             if default is _MISSING:

@@ -75,6 +75,31 @@ async def asyncio_raw_futures() -> None:
     await first
 
 
+async def asyncio_raw_plus_cancel_check() -> None:
+    """Raw futures plus the cancellation check every checkpoint must make: the
+    least a primitive that is a checkpoint can cost on this loop."""
+    loop = asyncio.get_running_loop()
+    slots: list[asyncio.Future[None] | None] = [None, None]
+
+    async def player(me: int) -> None:
+        other = 1 - me
+        for _ in range(ROUNDS):
+            future = slots[other]
+            if future is not None:
+                slots[other] = None
+                future.set_result(None)
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            mine = slots[me] = loop.create_future()
+            await mine
+        future = slots[other]
+        if future is not None:
+            future.set_result(None)
+
+    first = asyncio.create_task(player(0))
+    await player(1)
+    await first
+
+
 async def asyncio_event() -> None:
     events = [asyncio.Event(), asyncio.Event()]
 
@@ -120,6 +145,31 @@ async def trio_raw_reschedule() -> None:
             if task is not None:
                 parked[other] = None
                 trio.lowlevel.reschedule(task)
+            parked[me] = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(
+                lambda _: trio.lowlevel.Abort.SUCCEEDED
+            )
+        task = parked[other]
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(player, 0)
+        await player(1)
+
+
+async def trio_raw_plus_cancel_check() -> None:
+    """Raw trio plus the cancellation check of a checkpoint."""
+    parked: list[trio.lowlevel.Task | None] = [None, None]
+
+    async def player(me: int) -> None:
+        other = 1 - me
+        for _ in range(ROUNDS):
+            task = parked[other]
+            if task is not None:
+                parked[other] = None
+                trio.lowlevel.reschedule(task)
+            await anyio.lowlevel.checkpoint_if_cancelled()
             parked[me] = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(
                 lambda _: trio.lowlevel.Abort.SUCCEEDED
@@ -218,13 +268,31 @@ SCENARIOS: dict[str, dict[str, tuple[Callable[[Row], None], list[Row]]]] = {
     "ping-pong (per round trip)": {
         "asyncio": (
             lambda main: asyncio.run(main()),  # type: ignore[arg-type]
-            [asyncio_raw_futures, sink_ping_pong, asyncio_event],
+            [
+                asyncio_raw_futures,
+                asyncio_raw_plus_cancel_check,
+                sink_ping_pong,
+                asyncio_event,
+            ],
         ),
         "uvloop": (
             lambda main: uvloop.run(main()),  # type: ignore[arg-type]
-            [asyncio_raw_futures, sink_ping_pong, asyncio_event],
+            [
+                asyncio_raw_futures,
+                asyncio_raw_plus_cancel_check,
+                sink_ping_pong,
+                asyncio_event,
+            ],
         ),
-        "trio": (trio.run, [trio_raw_reschedule, sink_ping_pong, trio_event]),
+        "trio": (
+            trio.run,
+            [
+                trio_raw_reschedule,
+                trio_raw_plus_cancel_check,
+                sink_ping_pong,
+                trio_event,
+            ],
+        ),
     },
     "wake from another thread (per wake-up)": {
         "asyncio": (
