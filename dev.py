@@ -20,7 +20,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"demo": "trio,uvloop", "test": "test"}
+EXTRAS = {"demo": "demo", "test": "test"}
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:

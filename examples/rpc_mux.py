@@ -71,7 +71,7 @@ THREAD_WAKE_EVERY = 5  # every 5th reply is handed over from a worker thread
 NORMAL_TIMEOUT = 5.0  # seconds; generous, these calls are meant to succeed
 TINY_TIMEOUT = (0.0001, 0.001)  # seconds; these calls are meant to time out
 DRAIN_TIMEOUT = 10.0  # how long to wait for the replies still in flight at the end
-PROGRESS_INTERVAL = 0.5
+PROGRESS_INTERVAL = 0.1
 
 
 def answer(payload: bytes) -> bytes:
@@ -248,9 +248,6 @@ class Client:
                 await reader_done.wait()
             self.drained = reader_done.is_set()
             io.cancel_scope.cancel()
-        if self.show_progress:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
     async def _call(
         self,
@@ -310,14 +307,35 @@ class Client:
                 )
 
     async def _progress(self) -> None:
-        while True:
-            await anyio.sleep(PROGRESS_INTERVAL)
-            sys.stderr.write(
-                f"\r  {self.calls_done}/{self.calls} calls done, ok {self.ok}, "
-                f"timeouts {self.timeouts}, late {self.late}, "
-                f"waiting {self.replies.statistics().tasks_waiting}\x1b[K"
-            )
-            sys.stderr.flush()
+        # A progress bar on stderr while the calls run (rich comes with the demo's
+        # set-up); it disappears when the run ends, leaving the summary.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns = (
+            TextColumn("calls"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+        )
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("calls", total=self.calls, detail="")
+            while True:
+                waiting = self.replies.statistics().tasks_waiting
+                bar.update(
+                    task,
+                    completed=self.calls_done,
+                    detail=f"ok {self.ok}  timeouts {self.timeouts}  "
+                    f"late {self.late}  waiting {waiting}",
+                )
+                await anyio.sleep(PROGRESS_INTERVAL)
 
 
 def pick_timeout(rng: random.Random, tiny_share: float) -> float:
@@ -467,7 +485,7 @@ def parse_args(argv: list[str] | None) -> Config:
         description="RPC multiplexing over one TCP connection with a WaitMap."
     )
     parser.add_argument("--backend", choices=BACKENDS, default="asyncio")
-    parser.add_argument("--calls", type=int, default=2000, metavar="N")
+    parser.add_argument("--calls", type=int, default=20_000, metavar="N")
     parser.add_argument("--concurrency", type=int, default=200, metavar="C")
     parser.add_argument(
         "--timeout-share",
