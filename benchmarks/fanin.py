@@ -6,7 +6,7 @@ and its ratio to the raw mechanism of that loop. Rows are sampled in
 interleaved rounds, each sample in a fresh event loop, with the cyclic GC
 collected before and disabled during the sample.
 
-    python benchmarks/fanin.py [--keys 10000] [--rounds 15]
+    python benchmarks/fanin.py [--keys 10000] [--rounds 15] [--json FILE]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -171,8 +173,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=N)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", help="write the raw samples (seconds) here")
     options = parser.parse_args()
     N = options.keys
+    report: dict[str, object] = {
+        "scenario": "fan-in",
+        "keys": N,
+        "python": platform.python_version(),
+        "loops": {},
+    }
     for loop_name, (run, rows) in LOOPS.items():
         for row in rows:  # warm-up, untimed
             sample(run, row)
@@ -187,6 +196,13 @@ def main() -> None:
         for name, ns in per_key.items():
             net = ns - spawn
             print(f"  {name:24} {net:8,.0f} ns/key net   {net / raw:5.2f}x raw")
+        report["loops"][loop_name] = {  # type: ignore[index]
+            "samples": samples,
+            "net_ns_per_key": {name: ns - spawn for name, ns in per_key.items()},
+        }
+    if options.json:
+        with open(options.json, "w") as file:
+            json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Prints medians of interleaved rounds (each sample in a fresh event loop, cyclic
 GC collected before and disabled during the sample) and ratios to the raw
 mechanism of each loop.
 
-    python benchmarks/wakers.py [--rounds 15]
+    python benchmarks/wakers.py [--rounds 15] [--json FILE]
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import platform
 import statistics
 import threading
 import time
@@ -326,12 +328,17 @@ def sample(run: Callable[[Row], None], row: Row) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", help="write the results here")
     options = parser.parse_args()
+    report: dict[str, dict[str, object]] = {
+        "python": {"version": platform.python_version()}
+    }
     print("notify with nobody waiting (best of 5, ns per call)")
     idle = idle_notify()
     base = idle["asyncio.Event.set (set)"]
     for name, ns in idle.items():
         print(f"  {name:40} {ns:7.1f} ns   {ns / base:5.2f}x Event.set")
+    report["notify with nobody waiting"] = {"ns": idle}
     for scenario, loops in SCENARIOS.items():
         print(scenario)
         for loop_name, (run, rows) in loops.items():
@@ -346,8 +353,15 @@ def main() -> None:
                 for name, s in samples.items()
             }
             raw = per_op[rows[0].__name__]
+            report.setdefault(scenario, {})[loop_name] = {
+                "samples": samples,
+                "ns": per_op,
+            }
             for name, ns in per_op.items():
                 print(f"  {loop_name:8} {name:24} {ns:9,.0f} ns   {ns / raw:5.2f}x raw")
+    if options.json:
+        with open(options.json, "w") as file:
+            json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":

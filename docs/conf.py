@@ -60,7 +60,7 @@ napoleon_numpy_docstring = False
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
-html_static_path: list[str] = []
+html_static_path: list[str] = []  # images are referenced from _static directly
 
 doctest_global_setup = "import anyio\nimport anyio_waitmap"
 assert anyio_waitmap.__name__ == "anyio_waitmap"

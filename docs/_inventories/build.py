@@ -45,6 +45,7 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("anyio.BusyResourceError", "py:exception", "api.html#$"),
         ("anyio.ClosedResourceError", "py:exception", "api.html#$"),
         ("anyio.EndOfStream", "py:exception", "api.html#$"),
+        ("anyio.Event", "py:class", "api.html#$"),
     ],
     "trio": [
         (
