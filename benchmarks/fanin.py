@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import platform
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +24,7 @@ import outcome
 import trio
 import trio.testing
 import uvloop
+from _timing import sample
 
 from anyio_waitmap import WaitMap
 
@@ -155,17 +154,6 @@ LOOPS: dict[str, tuple[Runner, list[Callable[[], Awaitable[None]]]]] = {
         [trio_spawn_only, trio_raw_reschedule, trio_waitmap, trio_anyio_event],
     ),
 }
-
-
-def sample(run: Runner, row: Callable[[], Awaitable[None]]) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        run(row)
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
 
 
 def main() -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import platform
 import statistics
 import threading
-import time
 import timeit
 from collections.abc import Awaitable, Callable
 
 import anyio
 import trio
 import uvloop
+from _timing import sample
 
 from anyio_waitmap import WakeSink
 
@@ -312,17 +311,6 @@ PER = {
     "ping-pong (per round trip)": ROUNDS,
     "wake from another thread (per wake-up)": THREAD_WAKES,
 }
-
-
-def sample(run: Callable[[Row], None], row: Row) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        run(row)
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
 
 
 def main() -> None:

@@ -10,28 +10,18 @@ task's future), the hand-over must not be lost or delivered twice.
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 from anyio import CancelScope, create_task_group, wait_all_tasks_blocked
+from workers import run_in_thread_now
 
 from anyio_waitmap import WaitMap, WakeSink, Woke
 from anyio_waitmap.lowlevel import Waiter
 
 pytestmark = pytest.mark.anyio
-
-
-def in_thread(call: Callable[[], object]) -> object:
-    """Run ``call`` in a new thread and wait for it, without yielding."""
-    results: list[object] = []
-    thread = threading.Thread(target=lambda: results.append(call()))
-    thread.start()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    return results[0]
 
 
 @pytest.mark.parametrize("method", ["wait", "take", "wait_for"])
@@ -58,9 +48,9 @@ async def test_waitmap_woken_from_thread_then_cancelled(
         tg.start_soon(waiter)
         await wait_all_tasks_blocked()
         if hand_over == "wake":
-            assert in_thread(lambda: wm.wake("k", 7)) == Woke(1)
+            assert run_in_thread_now(lambda: wm.wake("k", 7)) == Woke(1)
         else:
-            in_thread(lambda: wm.__setitem__("k", 7))
+            run_in_thread_now(lambda: wm.__setitem__("k", 7))
         scope.cancel()  # the resumption from the thread has not run yet
     assert events == [7], "the value handed over was not returned"
     assert scope.cancelled_caught, "the cancellation was lost"
@@ -84,7 +74,7 @@ async def test_lowlevel_waiter_woken_from_thread_then_cancelled() -> None:
     async with create_task_group() as tg:
         tg.start_soon(task)
         await wait_all_tasks_blocked()
-        assert in_thread(lambda: waiters[0].wake(3)) is True
+        assert run_in_thread_now(lambda: waiters[0].wake(3)) is True
         scope.cancel()
     assert events == [3]
     assert scope.cancelled_caught
@@ -113,7 +103,7 @@ async def test_sink_notified_from_thread_then_cancelled() -> None:
         tg.start_soon(consumer)
         await wait_all_tasks_blocked()
         items.append(5)
-        in_thread(sink.notify)
+        run_in_thread_now(sink.notify)
         scope.cancel()
     assert scope.cancelled_caught
     # Either the consumer resumed and took the item (trio: the abort function

@@ -25,12 +25,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import pytest
 import trio
+from workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import (
     Closed,
@@ -45,7 +46,6 @@ from anyio_waitmap.lowlevel import Waiter
 T = TypeVar("T")
 
 #: Hang guard for joins and waits that only a bug could make long.
-JOIN_TIMEOUT = 10.0
 
 WAITER_KINDS = ("wait", "take", "wait_for")
 
@@ -53,31 +53,7 @@ WAITER_KINDS = ("wait", "take", "wait_for")
 # -- helpers -----------------------------------------------------------------------
 
 
-class _Worker(threading.Thread, Generic[T]):
-    """A daemon thread that keeps what its function returned or raised."""
-
-    def __init__(self, function: Callable[[], T], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._function = function
-        self._result: T | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._result = self._function()
-        except BaseException as exc:
-            self._error = exc
-
-    def finish(self, timeout: float = JOIN_TIMEOUT) -> T:
-        """Join the thread, fail if it is still alive, re-raise what it raised."""
-        self.join(timeout)
-        assert not self.is_alive(), f"thread {self.name!r} did not finish"
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]
-
-
-def _asyncio_thread(main: Callable[[], Awaitable[T]], name: str) -> _Worker[T]:
+def _asyncio_thread(main: Callable[[], Awaitable[T]], name: str) -> Worker[T]:
     """A thread running ``main()`` under a plain ``asyncio.run``."""
 
     def run() -> T:
@@ -86,17 +62,17 @@ def _asyncio_thread(main: Callable[[], Awaitable[T]], name: str) -> _Worker[T]:
 
         return asyncio.run(wrapper())
 
-    return _Worker(run, name)
+    return Worker(run, name)
 
 
-def _trio_thread(main: Callable[[], Awaitable[T]], name: str) -> _Worker[T]:
+def _trio_thread(main: Callable[[], Awaitable[T]], name: str) -> Worker[T]:
     """A thread running ``main()`` under ``trio.run``."""
-    return _Worker(lambda: trio.run(main), name)
+    return Worker(lambda: trio.run(main), name)
 
 
 @contextlib.contextmanager
 def _released_on_exit(
-    wm: WaitMap[Any, Any], workers: list[_Worker[Any]]
+    wm: WaitMap[Any, Any], workers: list[Worker[Any]]
 ) -> Iterator[None]:
     """On the way out, close the map (releasing any task still parked) and join
     the workers, so that a failing test leaves no thread behind."""
@@ -185,7 +161,7 @@ async def _call_from_thread(function: Callable[[], T], via: str) -> T:
     if via == "to_thread":
         return await anyio.to_thread.run_sync(function)
     assert via == "raw_thread"
-    worker = _Worker(function, "waker")
+    worker = Worker(function, "waker")
     worker.start()
     # Joining blocks this event loop for a moment: harmless, since the thread only
     # schedules the wake-up and never waits for the loop.
@@ -484,7 +460,7 @@ def _park_in_closed_loop(
             loop.close()
 
     if in_thread:
-        worker = _Worker(run, "short-lived loop")
+        worker = Worker(run, "short-lived loop")
         worker.start()
         worker.finish()
     else:
@@ -793,7 +769,7 @@ async def test_stress_values_accounted_for_exactly_once(anyio_backend: object) -
         lambda: _consume_all(wm, keys, trio_seeds, trio_ready), "trio"
     )
     producers = [
-        _Worker(
+        Worker(
             functools.partial(
                 _produce,
                 wm,
@@ -813,7 +789,7 @@ async def test_stress_values_accounted_for_exactly_once(anyio_backend: object) -
     async def consume_here() -> None:
         here_received.extend(await _consume_all(wm, keys, here_seeds, here_ready))
 
-    workers: list[_Worker[Any]] = [asyncio_worker, trio_worker, *producers]
+    workers: list[Worker[Any]] = [asyncio_worker, trio_worker, *producers]
     with _released_on_exit(wm, workers):
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume_here)
@@ -892,9 +868,7 @@ async def test_stress_store_racing_with_start_of_wait_is_never_missed(
             served += 1
 
     storers = [
-        _Worker(
-            functools.partial(store_on_request, rng.randrange(2**32)), f"storer {i}"
-        )
+        Worker(functools.partial(store_on_request, rng.randrange(2**32)), f"storer {i}")
         for i in range(2)
     ]
     with _released_on_exit(wm, storers):
@@ -968,13 +942,13 @@ async def test_stress_many_threads_wake_one_key_while_tasks_start_waiting(
         return woken, missed
 
     wakers = [
-        _Worker(functools.partial(wake_until_stopped, index), f"waker {index}")
+        Worker(functools.partial(wake_until_stopped, index), f"waker {index}")
         for index in range(SPAM_WAKERS)
     ]
     asyncio_seed, trio_seed, here_seed = (rng.randrange(2**32) for _ in range(3))
     asyncio_worker = _asyncio_thread(lambda: _wait_rounds(wm, asyncio_seed), "asyncio")
     trio_worker = _trio_thread(lambda: _wait_rounds(wm, trio_seed), "trio")
-    workers: list[_Worker[Any]] = [asyncio_worker, trio_worker, *wakers]
+    workers: list[Worker[Any]] = [asyncio_worker, trio_worker, *wakers]
     with _released_on_exit(wm, workers):
         for worker in workers:
             worker.start()

@@ -21,11 +21,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import pytest
+from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import WakeSink
 from anyio_waitmap._backends._asyncio import AsyncioBinding
@@ -37,7 +38,6 @@ pytestmark = pytest.mark.anyio
 T = TypeVar("T")
 
 #: Hang guard for joins and waits that only a bug could make long.
-JOIN_TIMEOUT = 10.0
 #: How long a park that must not return is given to (wrongly) return.
 SHORT = 0.05
 SEED = 20240611
@@ -61,43 +61,7 @@ COUNTER_ROUNDS = 300
 # -- helpers -----------------------------------------------------------------------
 
 
-class _Worker(threading.Thread, Generic[T]):
-    """A daemon thread that keeps what its function returned or raised."""
-
-    def __init__(self, function: Callable[[], T], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._function = function
-        self._result: T | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._result = self._function()
-        except BaseException as exc:
-            self._error = exc
-
-    def finish(self, timeout: float = JOIN_TIMEOUT) -> T:
-        """Join the thread, fail if it is still alive, re-raise what it raised."""
-        self.join(timeout)
-        assert not self.is_alive(), f"thread {self.name!r} did not finish"
-        if self._error is not None:
-            raise self._error
-        return self._result  # type: ignore[return-value]
-
-
-def _run_in_thread_now(function: Callable[[], T]) -> T:
-    """Run ``function`` in a new thread and join it without yielding to the loop.
-
-    Called from a task, this blocks the event loop for a moment, so no other task
-    of the loop can run while ``function`` runs: the thread cannot need the loop,
-    since waking never waits for it.
-    """
-    worker = _Worker(function, "synchronous helper")
-    worker.start()
-    return worker.finish()
-
-
-def _finish_all(workers: list[_Worker[T]]) -> list[T]:
+def _finish_all(workers: list[Worker[T]]) -> list[T]:
     return [worker.finish() for worker in workers]
 
 
@@ -242,7 +206,7 @@ async def test_stress_every_token_arrives_exactly_once(
     sink = WakeSink()
     start = threading.Barrier(PRODUCERS + 1)
     producers = [
-        _Worker(
+        Worker(
             functools.partial(
                 _produce, index, queue, sink, start, master.randrange(2**32)
             ),
@@ -345,7 +309,7 @@ async def test_stress_changing_consumer_task_receives_every_token_once(
     notify = sink.notify if consumer == "sink_new_task" else diatomic.notify
     start = threading.Event()
     producers = [
-        _Worker(
+        Worker(
             functools.partial(
                 _produce_slowly, index, queue, notify, start, master.randrange(2**32)
             ),
@@ -429,7 +393,7 @@ async def test_atomic_waker_wake_before_register_is_not_remembered(
     """wake() with nothing registered returns False and stores nothing: a waker
     registered afterwards is not woken by it."""
     slot = AtomicWaker()
-    assert _run_in_thread_now(slot.wake) is False
+    assert run_in_thread_now(slot.wake) is False
     assert slot.wake() is False
     waker = Waker()
     slot.register(waker)
@@ -463,7 +427,7 @@ async def test_atomic_waker_last_register_wins(anyio_backend: object) -> None:
             )
             slot.register(first)
             slot.register(second)
-            assert _run_in_thread_now(slot.wake) is True
+            assert run_in_thread_now(slot.wake) is True
             await _until(lambda: done == ["second"], "the second task to resume")
             await anyio.sleep(SHORT)
             assert done == ["second"], "the first waker was woken too"
@@ -505,7 +469,7 @@ async def test_stress_atomic_waker_wake_racing_register_is_never_lost(
             done[round_].set()
         return woke
 
-    worker = _Worker(functools.partial(producer, rng.randrange(2**32)), "producer")
+    worker = Worker(functools.partial(producer, rng.randrange(2**32)), "producer")
     worker.start()
     parked = 0
     try:
@@ -555,13 +519,13 @@ async def test_parked_task_woken_from_loop_and_thread_resumes_once(
             # No await from here on until both wake-ups are done: the task
             # cannot run in between.
             if order == "thread_then_loop":
-                _run_in_thread_now(waker.wake)
+                run_in_thread_now(waker.wake)
                 assert _state(waker) == "woken"
                 waker.wake()
             else:
                 waker.wake()
                 assert _state(waker) == "woken"
-                _run_in_thread_now(waker.wake)
+                run_in_thread_now(waker.wake)
             assert _state(waker) == "woken"
             assert resumptions == 0
             await _until(
@@ -604,11 +568,11 @@ async def test_burst_of_notifications_coalesces(
             predicate.value = "ready"
             # No await until all notifications are sent: the consumer cannot run.
             if notifiers == "one_thread":
-                _run_in_thread_now(lambda: _notify_many(sink.notify, NOTIFY_BURST))
+                run_in_thread_now(lambda: _notify_many(sink.notify, NOTIFY_BURST))
             elif notifiers == "threads":
                 source = sink.source()
                 workers = [
-                    _Worker(
+                    Worker(
                         functools.partial(
                             _notify_many,
                             source.notify,
@@ -669,7 +633,7 @@ async def test_stress_concurrent_notifiers_never_lose_a_request(
         return COUNTER_ROUNDS
 
     workers = [
-        _Worker(functools.partial(notifier, master.randrange(2**32)), f"notifier {i}")
+        Worker(functools.partial(notifier, master.randrange(2**32)), f"notifier {i}")
         for i in range(NOTIFIER_THREADS)
     ]
     for worker in workers:
@@ -719,7 +683,7 @@ async def test_notification_handed_to_the_notifier_in_progress_is_delivered(
     async def consumer() -> None:
         result.append(await sink.wait_until(predicate))
 
-    a = _Worker(sink.notify, "notifier A")
+    a = Worker(sink.notify, "notifier A")
     try:
         with anyio.fail_after(JOIN_TIMEOUT):
             async with anyio.create_task_group() as tg:
@@ -737,7 +701,7 @@ async def test_notification_handed_to_the_notifier_in_progress_is_delivered(
                     predicate.value = "from B"
                     sink.notify()
 
-                _run_in_thread_now(change_and_notify)
+                run_in_thread_now(change_and_notify)
                 assert _consumer_parked(sink), "B's notify() was not handed over"
                 release.set()
                 await anyio.to_thread.run_sync(a.finish)
@@ -808,7 +772,7 @@ async def test_consumer_that_left_is_unregistered(
 
     cached = sink._waker._cached
     calls_before = len(unpark_calls)
-    _run_in_thread_now(lambda: _notify_many(sink.notify, 10))
+    run_in_thread_now(lambda: _notify_many(sink.notify, 10))
     assert not sink._waker.registered
     assert len(unpark_calls) == calls_before, "a notify() reached a departed consumer"
     if cached is not None:
