@@ -88,6 +88,9 @@ def test(python: Path, args: list[str]) -> None:
         )  # fmt: skip
     # pytest exits with 5 when it collected no test: that fails here too.
     run(python, "-m", "pytest", *args)
+    # The benchmarks, briefly: this checks that they still run, not how fast.
+    for script in ("fanin.py", "wakers.py"):
+        run(python, ROOT / "benchmarks" / script, "--quick")
 
 
 def main() -> None:

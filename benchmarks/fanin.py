@@ -162,8 +162,15 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=N)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="write the raw samples (seconds) here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few keys, to check that every row runs (timings meaningless)",
+    )
     options = parser.parse_args()
     N = options.keys
+    if options.quick:
+        N, options.rounds = 50, 1
     report: dict[str, object] = {
         "scenario": "fan-in",
         "keys": N,

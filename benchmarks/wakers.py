@@ -307,22 +307,31 @@ SCENARIOS: dict[str, dict[str, tuple[Callable[[Row], None], list[Row]]]] = {
         "trio": (trio.run, [trio_raw_threadsafe, sink_threadsafe]),
     },
 }
-PER = {
-    "ping-pong (per round trip)": ROUNDS,
-    "wake from another thread (per wake-up)": THREAD_WAKES,
-}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few iterations, to check that every row runs (timings meaningless)",
+    )
     options = parser.parse_args()
+    global ROUNDS, THREAD_WAKES
+    idle_calls = 1_000_000
+    if options.quick:
+        ROUNDS, THREAD_WAKES, idle_calls, options.rounds = 20, 5, 1_000, 1
+    per = {
+        "ping-pong (per round trip)": ROUNDS,
+        "wake from another thread (per wake-up)": THREAD_WAKES,
+    }
     report: dict[str, dict[str, object]] = {
         "python": {"version": platform.python_version()}
     }
     print("notify with nobody waiting (best of 5, ns per call)")
-    idle = idle_notify()
+    idle = idle_notify(idle_calls)
     base = idle["asyncio.Event.set (set)"]
     for name, ns in idle.items():
         print(f"  {name:40} {ns:7.1f} ns   {ns / base:5.2f}x Event.set")
@@ -337,7 +346,7 @@ def main() -> None:
                 for row in rows:
                     samples[row.__name__].append(sample(run, row))
             per_op = {
-                name: statistics.median(s) / PER[scenario] * 1e9
+                name: statistics.median(s) / per[scenario] * 1e9
                 for name, s in samples.items()
             }
             raw = per_op[rows[0].__name__]
