@@ -262,6 +262,11 @@ class WaitMap(MutableMapping[K, V]):
                 self._refuse_while_dispatching("wake()")
             if entry is None:
                 return NoMatch(value)
+            if type(entry) is _Waiter and entry.predicate is None:
+                # One waiter that takes any value: the common case, inlined.
+                del self._waiting[key]
+                self._tasks_waiting -= 1
+                return _WOKE_ONE if entry.wake_locked(value) else NoMatch(value)
             woken, _ = self._dispatch(key, value, entry)
         if woken:
             # Outcomes are immutable, so the most common one is made once.
