@@ -136,6 +136,8 @@ class ParkedTask(Generic[T]):
         try:
             await self._binding.park(self)
         except BaseException as exc:
+            if self._abort():
+                raise
             return self.outcome_after(exc)
         return self.outcome()
 
@@ -154,16 +156,18 @@ class ParkedTask(Generic[T]):
             del error
 
     def outcome_after(self, exc: BaseException) -> T:
-        """The parked task got ``exc`` instead of being resumed normally.
+        """The parked task got ``exc`` after its wait was decided.
 
-        Re-raises ``exc``, unless a value was handed over before the task could
-        leave and ``exc`` is a cancellation: then the value is returned and the
-        cancellation re-armed for the task's next checkpoint. A value that the
-        task cannot return (``exc`` is not a cancellation) is given back to the
-        owner through ``_on_abandon``. Call it from the ``except`` block.
+        Call it from the ``except`` block, only once ``_abort()`` returned False
+        (when it returns True, the task simply re-raises: nothing was handed
+        over, and this frame stays out of the traceback). Re-raises ``exc``,
+        unless a value was handed over and ``exc`` is a cancellation: then the
+        value is returned and the cancellation re-armed for the task's next
+        checkpoint. A value that the task cannot return (``exc`` is not a
+        cancellation) is given back to the owner through ``_on_abandon``.
         """
         try:
-            if not self._abort() and self._state == VALUE:
+            if self._state == VALUE:
                 # Handed over before the task could leave: never drop it.
                 value: T = self._result
                 binding = self._binding

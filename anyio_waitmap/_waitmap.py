@@ -135,6 +135,8 @@ class WaitMap(MutableMapping[K, V]):
             try:
                 await binding.park(waiter)
             except BaseException as exc:
+                if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                    raise  # it left before anything was handed over
                 return waiter.outcome_after(exc)
             return waiter.outcome()
         await binding.checkpoint()
@@ -178,6 +180,8 @@ class WaitMap(MutableMapping[K, V]):
         try:
             await binding.park(waiter)
         except BaseException as exc:
+            if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                raise  # it left before anything was handed over
             return waiter.outcome_after(exc)
         return waiter.outcome()
 
@@ -231,6 +235,8 @@ class WaitMap(MutableMapping[K, V]):
             try:
                 await binding.park(waiter)
             except BaseException as exc:
+                if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                    raise  # it left before anything was handed over
                 return waiter.outcome_after(exc)
             return waiter.outcome()
         await binding.checkpoint()
