@@ -138,13 +138,14 @@ class ParkedTask(Generic[T]):
         except BaseException as exc:
             if self._abort():
                 raise
-            return self.outcome_after(exc)
-        return self.outcome()
+            return self._outcome_after(exc)
+        return self._outcome()
 
-    # The two halves of park(), for owners that await ``binding.park(task)``
-    # themselves to save a coroutine frame on their hot path.
+    # The two halves of park(), for the owners in this package that await
+    # ``binding.park(task)`` themselves to save a coroutine frame on their hot
+    # path. Private: lowlevel.Waiter users call park().
 
-    def outcome(self) -> T:
+    def _outcome(self) -> T:
         """Return the value, or raise the exception, that ended a wait."""
         if self._state == VALUE:
             return self._result  # type: ignore[no-any-return]
@@ -155,7 +156,7 @@ class ParkedTask(Generic[T]):
         finally:
             del error
 
-    def outcome_after(self, exc: BaseException) -> T:
+    def _outcome_after(self, exc: BaseException) -> T:
         """The parked task got ``exc`` after its wait was decided.
 
         Call it from the ``except`` block, only once ``_abort()`` returned False

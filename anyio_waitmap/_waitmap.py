@@ -137,8 +137,8 @@ class WaitMap(MutableMapping[K, V]):
             except BaseException as exc:
                 if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                     raise  # it left before anything was handed over
-                return waiter.outcome_after(exc)
-            return waiter.outcome()
+                return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
         await binding.checkpoint()
         return cast("V", value)
 
@@ -182,8 +182,8 @@ class WaitMap(MutableMapping[K, V]):
         except BaseException as exc:
             if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                 raise  # it left before anything was handed over
-            return waiter.outcome_after(exc)
-        return waiter.outcome()
+            return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+        return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
 
     async def wait_for(self, key: K, predicate: Callable[[V], object]) -> V:
         """Return the first value of ``key`` for which ``predicate`` is true.
@@ -237,8 +237,8 @@ class WaitMap(MutableMapping[K, V]):
             except BaseException as exc:
                 if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                     raise  # it left before anything was handed over
-                return waiter.outcome_after(exc)
-            return waiter.outcome()
+                return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
         await binding.checkpoint()
         return cast("V", value)
 
