@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiologic
 import anyio
 import outcome
 import trio
@@ -72,6 +73,23 @@ async def asyncio_anyio_event() -> None:
     async def task(key: int) -> int:
         event = events[key] = anyio.Event()
         await event.wait()
+        return values.pop(key)
+
+    tasks = [asyncio.create_task(task(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        values[key] = key
+        events.pop(key).set()
+    await asyncio.gather(*tasks)
+
+
+async def asyncio_aiologic_event() -> None:
+    events: dict[int, aiologic.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = aiologic.Event()
+        await event
         return values.pop(key)
 
     tasks = [asyncio.create_task(task(key)) for key in range(N)]
@@ -139,20 +157,62 @@ async def trio_anyio_event() -> None:
             events.pop(key).set()
 
 
+async def trio_parking_lot() -> None:
+    lots: dict[int, trio.lowlevel.ParkingLot] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        lot = lots[key] = trio.lowlevel.ParkingLot()
+        await lot.park()
+        return values.pop(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            values[key] = key
+            lots.pop(key).unpark()
+
+
+async def trio_aiologic_event() -> None:
+    events: dict[int, aiologic.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = aiologic.Event()
+        await event
+        return values.pop(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            values[key] = key
+            events.pop(key).set()
+
+
 Runner = Callable[[Callable[[], Awaitable[None]]], None]
+ASYNCIO_ROWS = [
+    asyncio_spawn_only,
+    asyncio_raw_futures,
+    asyncio_waitmap,
+    asyncio_anyio_event,
+    asyncio_aiologic_event,
+]
+TRIO_ROWS = [
+    trio_spawn_only,
+    trio_raw_reschedule,
+    trio_waitmap,
+    trio_anyio_event,
+    trio_parking_lot,
+    trio_aiologic_event,
+]
 LOOPS: dict[str, tuple[Runner, list[Callable[[], Awaitable[None]]]]] = {
-    "asyncio": (
-        lambda main: asyncio.run(main()),  # type: ignore[arg-type]
-        [asyncio_spawn_only, asyncio_raw_futures, asyncio_waitmap, asyncio_anyio_event],
-    ),
-    "uvloop": (
-        lambda main: uvloop.run(main()),  # type: ignore[arg-type]
-        [asyncio_spawn_only, asyncio_raw_futures, asyncio_waitmap, asyncio_anyio_event],
-    ),
-    "trio": (
-        trio.run,
-        [trio_spawn_only, trio_raw_reschedule, trio_waitmap, trio_anyio_event],
-    ),
+    "asyncio": (lambda main: asyncio.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
+    "uvloop": (lambda main: uvloop.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
+    "trio": (trio.run, TRIO_ROWS),
 }
 
 
