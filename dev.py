@@ -89,7 +89,8 @@ def test(python: Path, args: list[str]) -> None:
     # pytest exits with 5 when it collected no test: that fails here too.
     run(python, "-m", "pytest", *args)
     # The benchmarks, briefly: this checks that they still run, not how fast.
-    for script in ("fanin.py", "wakers.py", "cancel_memory.py", "scale.py"):
+    benchmarks = ("fanin.py", "wakers.py", "cancel_memory.py", "scale.py", "rpc_tcp.py")
+    for script in benchmarks:
         run(python, ROOT / "benchmarks" / script, "--quick")
 
 

@@ -1,0 +1,198 @@
+"""End to end: request/response multiplexing over one loopback TCP connection.
+
+A client makes ``--calls`` calls, ``--concurrency`` at a time, over one
+connection to an echo server in the same process; one reader task hands each
+reply to its caller. The rows differ only in how a caller waits for its reply:
+a ``WaitMap``, a ``dict`` of futures (asyncio), or a ``dict`` of ``trio.Event``
+plus a value slot (trio). Reported: time per call, median of interleaved rounds.
+
+    python benchmarks/rpc_tcp.py [--calls 5000] [--concurrency 100] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import struct
+import time
+from collections.abc import Callable
+
+import anyio
+import trio
+from anyio.abc import SocketAttribute, SocketStream
+
+from anyio_waitmap import WaitMap
+
+FRAME = struct.Struct("!QQ")  # request id, value
+CALLS = 5_000
+CONCURRENCY = 100
+
+
+async def echo_server(stream: SocketStream) -> None:
+    async with stream:
+        buffer = b""
+        try:
+            while True:
+                buffer += await stream.receive()
+                whole = len(buffer) - len(buffer) % FRAME.size
+                if whole:
+                    await stream.send(buffer[:whole])
+                    buffer = buffer[whole:]
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+
+
+class Mailbox:
+    """How callers wait for replies: ``register`` before sending, then ``wait``."""
+
+    def register(self, request_id: int) -> None:
+        pass
+
+    async def wait(self, request_id: int) -> int:
+        raise NotImplementedError
+
+    def deliver(self, request_id: int, value: int) -> None:
+        raise NotImplementedError
+
+
+class WaitMapMailbox(Mailbox):
+    def __init__(self) -> None:
+        self.replies: WaitMap[int, int] = WaitMap(exclusive=True)
+
+    async def wait(self, request_id: int) -> int:
+        return await self.replies.take(request_id)
+
+    def deliver(self, request_id: int, value: int) -> None:
+        self.replies.wake(request_id, value)
+
+
+class FuturesMailbox(Mailbox):
+    def __init__(self) -> None:
+        self.futures: dict[int, asyncio.Future[int]] = {}
+
+    def register(self, request_id: int) -> None:
+        self.futures[request_id] = asyncio.get_running_loop().create_future()
+
+    async def wait(self, request_id: int) -> int:
+        try:
+            return await self.futures[request_id]
+        finally:
+            del self.futures[request_id]
+
+    def deliver(self, request_id: int, value: int) -> None:
+        future = self.futures.get(request_id)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+
+class TrioEventMailbox(Mailbox):
+    def __init__(self) -> None:
+        self.events: dict[int, trio.Event] = {}
+        self.values: dict[int, int] = {}
+
+    def register(self, request_id: int) -> None:
+        self.events[request_id] = trio.Event()
+
+    async def wait(self, request_id: int) -> int:
+        try:
+            await self.events[request_id].wait()
+            return self.values.pop(request_id)
+        finally:
+            del self.events[request_id]
+
+    def deliver(self, request_id: int, value: int) -> None:
+        event = self.events.get(request_id)
+        if event is not None:
+            self.values[request_id] = value
+            event.set()
+
+
+async def client(mailbox: Mailbox) -> float:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, echo_server)
+        port = listener.extra(SocketAttribute.local_port)
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            outbox, queued = anyio.create_memory_object_stream[bytes](CALLS)
+            slots = anyio.Semaphore(CONCURRENCY)
+
+            async def writer() -> None:
+                async for frame in queued:
+                    await stream.send(frame)
+
+            async def reader() -> None:
+                buffer = b""
+                received = 0
+                while received < CALLS:
+                    buffer += await stream.receive()
+                    whole = len(buffer) - len(buffer) % FRAME.size
+                    for offset in range(0, whole, FRAME.size):
+                        request_id, value = FRAME.unpack_from(buffer, offset)
+                        mailbox.deliver(request_id, value)
+                        received += 1
+                    buffer = buffer[whole:]
+
+            async def call(request_id: int) -> None:
+                mailbox.register(request_id)
+                outbox.send_nowait(FRAME.pack(request_id, request_id * 2))
+                assert await mailbox.wait(request_id) == request_id * 2
+                slots.release()
+
+            start = time.perf_counter()
+            async with anyio.create_task_group() as io:
+                io.start_soon(writer)
+                io.start_soon(reader)
+                async with anyio.create_task_group() as calls:
+                    for request_id in range(CALLS):
+                        await slots.acquire()
+                        calls.start_soon(call, request_id)
+                outbox.close()
+            elapsed = time.perf_counter() - start
+        tg.cancel_scope.cancel()
+    return elapsed
+
+
+ROWS: dict[str, tuple[str, list[Callable[[], Mailbox]]]] = {
+    "asyncio": ("asyncio", [FuturesMailbox, WaitMapMailbox]),
+    "trio": ("trio", [TrioEventMailbox, WaitMapMailbox]),
+}
+
+
+def sample(backend: str, make: Callable[[], Mailbox]) -> float:
+    async def main() -> float:
+        return await client(make())
+
+    return anyio.run(main, backend=backend)
+
+
+def main() -> None:
+    global CALLS, CONCURRENCY
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=CALLS)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="check that it runs")
+    options = parser.parse_args()
+    CALLS, CONCURRENCY, rounds = options.calls, options.concurrency, options.rounds
+    if options.quick:
+        CALLS, CONCURRENCY, rounds = 200, 20, 1
+    print(f"{CALLS:,} calls, {CONCURRENCY} at a time, over one loopback connection")
+    for loop_name, (backend, rows) in ROWS.items():
+        for make in rows:  # warm-up
+            sample(backend, make)
+        times: dict[str, list[float]] = {make.__name__: [] for make in rows}
+        for _ in range(rounds):
+            for make in rows:
+                times[make.__name__].append(sample(backend, make))
+        base = statistics.median(times[rows[0].__name__])
+        for name, values in times.items():
+            median = statistics.median(values)
+            print(
+                f"  {loop_name:8} {name:18} {median / CALLS * 1e6:8.1f} us/call  "
+                f"{median / base:5.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
