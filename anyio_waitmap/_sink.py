@@ -64,7 +64,7 @@ class WakeSink:
     async def wait_until(self, predicate: Callable[[], T | None]) -> T:
         """Return the first value other than ``None`` that ``predicate`` returns.
 
-        ``predicate`` is called in the waiting task: once at once, once more
+        ``predicate`` is called in the waiting task: once right away, once more
         after the task is registered for notifications (so that a notification
         between the two is not missed), and again after every notification. It
         may consume what it finds (``deque.popleft``): the value it returns is
@@ -86,7 +86,8 @@ class WakeSink:
                 f"{type(predicate).__name__!r} object"
             )
         if not self._consumer.acquire(False):
-            raise anyio.BusyResourceError("waiting on this WakeSink")
+            # anyio words it: "Another task is already waiting on this resource".
+            raise anyio.BusyResourceError("waiting on")
         try:
             if self._closed:
                 raise anyio.ClosedResourceError("the WakeSink is closed")

@@ -83,7 +83,10 @@ class TestWakeSink:
         async with create_task_group() as tg:
             tg.start_soon(sink.wait_until, lambda: None)
             await wait_all_tasks_blocked()
-            with pytest.raises(anyio.BusyResourceError, match="already waiting on"):
+            with pytest.raises(
+                anyio.BusyResourceError,
+                match=r"^Another task is already waiting on this resource$",
+            ):
                 await sink.wait_until(lambda: 1)
             assert sink.statistics() == WakeSinkStatistics(True, False)
             tg.cancel_scope.cancel()
