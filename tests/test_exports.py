@@ -65,7 +65,7 @@ def test_importing_does_not_import_trio() -> None:
     )
     import subprocess
 
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_package_is_typed() -> None:
