@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
-from ._backends import current_binding
+from ._backends import current_binding, ki_protected
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,6 +52,7 @@ class Lock(Protocol):
     ) -> None: ...
 
 
+@ki_protected
 class ParkedTask(Generic[T]):
     """Base of every parked task; subclasses say how to unlink themselves."""
 

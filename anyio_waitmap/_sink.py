@@ -9,6 +9,7 @@ from typing import TypeVar, final
 
 import anyio
 
+from ._backends import ki_protected
 from ._wakers import DiatomicWaker
 
 T = TypeVar("T")
@@ -27,6 +28,7 @@ class WakeSinkStatistics:
 
 
 @final
+@ki_protected
 class WakeSink:
     """Lets one task wait until a condition holds, and anyone wake it to re-check.
 
@@ -130,6 +132,7 @@ class WakeSink:
 
 
 @final
+@ki_protected
 class WakeSource:
     """The producers' side of a :class:`WakeSink`: it can only notify.
 

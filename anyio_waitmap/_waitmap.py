@@ -14,7 +14,7 @@ from typing import (
     overload,
 )
 
-from ._backends import current_binding
+from ._backends import current_binding, ki_protected, load_trio_support
 from ._exceptions import DuplicateWaiter, KeyCancelled, WaitMapClosed
 from ._outcomes import Closed, NoMatch, WaitMapStatistics, WakeOutcome, Woke
 from ._parking import PENDING, ParkedTask, new_lock
@@ -31,6 +31,7 @@ _WOKE_ONE: Final = Woke(1)
 
 
 @final
+@ki_protected
 class _Waiter(ParkedTask[V]):
     """A task parked in one of the WaitMap's async methods."""
 
@@ -64,6 +65,7 @@ class _Waiter(ParkedTask[V]):
 
 
 @final
+@ki_protected
 class WaitMap(MutableMapping[K, V]):
     """A mapping whose lookups can be awaited, and a mailbox for parked tasks.
 
@@ -94,6 +96,7 @@ class WaitMap(MutableMapping[K, V]):
     )
 
     def __init__(self, *, exclusive: bool = False) -> None:
+        load_trio_support()
         self._data: dict[K, V] = {}
         # The waiters of each key with waiters: the only one, or a dict of them in
         # arrival order. A key has both a stored value and waiters only when every

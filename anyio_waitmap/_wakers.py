@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
-from ._backends import current_binding
+from ._backends import current_binding, ki_protected, load_trio_support
 
 if TYPE_CHECKING:
     from ._backends._base import Binding
@@ -23,6 +23,7 @@ _STATE_NAMES: Final = ("idle", "parked", "woken", "notified")
 
 
 @final
+@ki_protected
 class Waker:
     """A reusable handle for waking a parked task, from any thread.
 
@@ -36,13 +37,16 @@ class Waker:
         RuntimeError: no asyncio or trio task is running in this thread.
     """
 
-    __slots__ = ("_binding", "_handle", "_lock", "_state")
+    __slots__ = ("_binding", "_handle", "_lock", "_requested", "_state")
 
     def __init__(self) -> None:
         self._binding: Binding = current_binding("Waker")
+        # Held only for a few reads and writes, and never by wake() for long:
+        # see _serve() for how wake() avoids waiting for it.
         self._lock = threading.Lock()
         self._state: int = _IDLE
         self._handle: object = None
+        self._requested = False
 
     def usable_here(self) -> bool:
         """Whether tasks of the running event loop can park on this waker."""
@@ -53,17 +57,33 @@ class Waker:
 
     def wake(self) -> None:
         """Resume the task if it is parked on this waker, else make its next
-        :meth:`park` return at once. Never blocks for long; idempotent until
-        the task runs."""
-        with self._lock:
-            state = self._state
-            if state == _PARKED:
-                self._state = _WOKEN
-                if not self._binding.unpark(self._handle):
-                    # Its event loop has finished: it will never run again.
-                    self._state = _IDLE
-            elif state == _IDLE:
-                self._state = _NOTIFIED
+        :meth:`park` return at once. Never blocks; idempotent until the task
+        runs. Safe to call from a signal handler."""
+        self._requested = True
+        self._serve()
+
+    def _serve(self) -> None:
+        # Carry out the requested wake-up, unless someone else holds the lock:
+        # the holder serves the request after releasing it (every holder calls
+        # _serve() then). So wake() never waits, not even when a signal handler
+        # calls it while the thread it interrupted holds the lock. No request
+        # is left behind: the requester sets the flag before trying the lock,
+        # and the holder reads the flag after releasing it, so one of the two
+        # sees the other.
+        lock = self._lock
+        while self._requested and lock.acquire(False):
+            try:
+                self._requested = False
+                state = self._state
+                if state == _PARKED:
+                    self._state = _WOKEN
+                    if not self._binding.unpark(self._handle):
+                        # Its event loop has finished: it will never run again.
+                        self._state = _IDLE
+                elif state == _IDLE:
+                    self._state = _NOTIFIED
+            finally:
+                lock.release()
 
     async def park(self) -> None:
         """Wait for a wake-up; return at once if one arrived since the last return.
@@ -81,6 +101,14 @@ class Waker:
             else:
                 self._state = _PARKED
                 self._handle = binding.new_handle()
+        if self._requested:
+            # Requested before or while we held the lock, and so ours to serve. If
+            # we are about to park, take the wake-up here instead; otherwise keep
+            # it for the next park().
+            if notified:
+                self._serve()
+            else:
+                notified = self._unpark_self()
         if notified:
             await binding.checkpoint()
             return
@@ -90,14 +118,30 @@ class Waker:
             with self._lock:
                 self._state = _IDLE
                 self._handle = None
+            self._serve()
+
+    def _unpark_self(self) -> bool:
+        # True if the task took the requested wake-up before parking; False if
+        # someone else served it meanwhile and the task's resumption is on its way.
+        with self._lock:
+            # Cleared before the state is read, as in _serve(): a request made
+            # from here on is served below.
+            self._requested = False
+            took = self._state == _PARKED
+            if took:
+                self._state = _IDLE
+                self._handle = None
+        self._serve()
+        return took
 
     def _abort(self) -> bool:
         # trio's abort function: leave unless a wake-up already resumed the task.
         with self._lock:
-            if self._state == _PARKED:
+            aborted = self._state == _PARKED
+            if aborted:
                 self._state = _IDLE
-                return True
-            return False
+        self._serve()
+        return aborted
 
     def __repr__(self) -> str:
         return (
@@ -107,6 +151,7 @@ class Waker:
 
 
 @final
+@ki_protected
 class AtomicWaker:
     """A slot for the waker of the one task that wants to be woken next.
 
@@ -125,6 +170,7 @@ class AtomicWaker:
     __slots__ = ("_lock", "_waker")
 
     def __init__(self) -> None:
+        load_trio_support()
         self._lock = threading.Lock()
         self._waker: Waker | None = None
 
@@ -160,6 +206,7 @@ class AtomicWaker:
 
 
 @final
+@ki_protected
 class DiatomicWaker:
     """One consumer waits until a condition holds; any thread notifies it.
 
@@ -171,6 +218,7 @@ class DiatomicWaker:
     __slots__ = ("_cached", "_notifying", "_requested", "_waker")
 
     def __init__(self) -> None:
+        load_trio_support()
         self._waker: Waker | None = None
         self._cached: Waker | None = None
         self._notifying = threading.Lock()

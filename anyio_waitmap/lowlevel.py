@@ -79,6 +79,7 @@ from collections.abc import Callable
 from typing import TypeVar, final
 
 from ._backends import current_binding as _current_binding
+from ._backends import ki_protected as _ki_protected
 from ._parking import PENDING as _PENDING
 from ._parking import ParkedTask as _ParkedTask
 from ._wakers import AtomicWaker as AtomicWaker
@@ -91,6 +92,7 @@ _T = TypeVar("_T")
 
 
 @final
+@_ki_protected
 class Waiter(_ParkedTask[_T]):
     """A handle on the current task, for parking it until something arrives.
 

@@ -20,14 +20,59 @@ from asyncio import current_task as _asyncio_current_task
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
 from collections.abc import Callable
 from importlib import import_module
-from typing import TYPE_CHECKING, NoReturn, cast
+from types import FunctionType
+from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
 
 from ._asyncio import AsyncioBinding
 
 if TYPE_CHECKING:
     from ._base import Binding
 
-__all__ = ["current_binding"]
+__all__ = ["current_binding", "ki_protected", "load_trio_support"]
+
+_C = TypeVar("_C", bound=type)
+# Functions whose code trio must treat as KeyboardInterrupt-protected; handed to
+# trio when the trio binding is first imported.
+_critical_code: list[Callable[..., object]] = []
+
+
+def ki_protected(cls: _C) -> _C:
+    """Class decorator: the methods of ``cls`` are critical sections on trio.
+
+    A KeyboardInterrupt that arrives on trio while one of them runs is delivered
+    at the task's next checkpoint instead, so that it cannot leave our
+    bookkeeping half-updated (a waiter linked but never parked, a value handed
+    over but not recorded). trio keys that protection on code objects, so it
+    costs nothing when the functions run; asyncio has no such mechanism.
+    """
+    for attribute in vars(cls).values():
+        functions: list[object]
+        if isinstance(attribute, property):
+            functions = [attribute.fget, attribute.fset]
+        else:
+            functions = [attribute]
+        _critical_code.extend(f for f in functions if isinstance(f, FunctionType))
+    if _trio_protect is not None:
+        _trio_protect(_critical_code)
+    else:
+        load_trio_support()
+    return cls
+
+
+def load_trio_support() -> None:
+    """Load the trio binding if trio is imported; nothing otherwise (cheap).
+
+    Called at the first wait and when a primitive is created, and at import:
+    the protection of :func:`ki_protected` starts when this first finds trio.
+    The binding is imported on first use only, so that asyncio users never
+    import trio.
+    """
+    global _current_trio_binding, _trio_protect
+    if _trio_protect is None and "trio" in sys.modules:
+        trio_module = import_module("._trio", __name__)
+        trio_module.protect(_critical_code)
+        _trio_protect = trio_module.protect
+        _current_trio_binding = trio_module.current_trio_binding
 
 
 class _ThreadCache(threading.local):
@@ -41,6 +86,7 @@ _cache = _ThreadCache()
 # The binding of the loop that asked last, in any thread.
 _last: tuple[object, AsyncioBinding] = (None, cast(AsyncioBinding, None))
 _current_trio_binding: Callable[[], Binding | None] | None = None
+_trio_protect: Callable[[list[Callable[..., object]]], None] | None = None
 
 
 def _asyncio_binding(loop: AbstractEventLoop, caller: str) -> AsyncioBinding:
@@ -75,10 +121,8 @@ def current_binding(caller: str) -> Binding:
             return last[1]
         return _asyncio_binding(loop, caller)
 
-    global _current_trio_binding
-    if _current_trio_binding is None and "trio" in sys.modules:
-        # Imported on first use only, so that asyncio users never import trio.
-        _current_trio_binding = import_module("._trio", __name__).current_trio_binding
+    if _current_trio_binding is None:
+        load_trio_support()
     if _current_trio_binding is not None:
         binding = _current_trio_binding()
         if binding is not None:

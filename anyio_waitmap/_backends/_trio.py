@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
@@ -17,6 +17,7 @@ from trio.lowlevel import (
     cancel_shielded_checkpoint,
     current_task,
     current_trio_token,
+    enable_ki_protection,
     in_trio_run,
     reschedule,
     wait_task_rescheduled,
@@ -51,8 +52,16 @@ class TrioBinding:
 
     def unpark(self, handle: Task) -> bool:
         if threading.get_ident() == self._thread and in_trio_run():
-            reschedule(handle)
-            return True
+            try:
+                running = current_task()
+            except RuntimeError:  # called by the run loop itself, not by a task
+                running = None
+            if running is not handle:
+                reschedule(handle)
+                return True
+            # The task to resume is the one running: a signal handler interrupted
+            # it between deciding to park and parking. It is parked by the time
+            # the run loop calls back.
         try:
             self._token.run_sync_soon(reschedule, handle)
         except trio.RunFinishedError:
@@ -87,3 +96,9 @@ def current_trio_binding() -> TrioBinding | None:
         binding = TrioBinding()
         _binding.set(binding)
         return binding
+
+
+def protect(functions: Iterable[Callable[..., object]]) -> None:
+    """Have trio defer a KeyboardInterrupt while any of ``functions`` runs."""
+    for function in functions:
+        enable_ki_protection(function)
