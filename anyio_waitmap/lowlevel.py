@@ -29,7 +29,17 @@ small lock:
 
 ``wake()`` moves ``PARKED`` to ``WOKEN`` (and is the only transition that calls
 into the event loop) and ``IDLE`` to ``NOTIFIED``; in ``WOKEN`` and ``NOTIFIED`` it
-does nothing, because a resumption is already due. That is the coalescing: any
+does nothing, because a resumption is already due.
+
+``wake()`` never waits for the lock. It sets a "requested" flag, then tries the
+lock without blocking; if it gets it, it clears the flag and makes the
+transition. If someone else holds the lock, it leaves: every holder looks at the
+flag after releasing the lock and serves the request itself. The flag is set
+before the lock is tried and read after it is released, so one of the two always
+sees the other, and no wake-up is lost. So ``wake()`` is safe even in a signal
+handler that interrupted the waker's own task in the middle of
+:meth:`Waker.park`; if the task takes the request there, before it parks, it
+returns at once instead of parking. That is the coalescing: any
 number of wake-ups between two resumptions cost one resumption and at most one
 cross-thread call. When ``park()`` returns, the state is ``IDLE`` again. A
 wake-up that was folded into a pending one happened before the task resumed, so

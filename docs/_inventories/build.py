@@ -27,6 +27,8 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("collections.deque", "py:class", "library/collections.html#$"),
         ("threading.Lock", "py:class", "library/threading.html#$"),
         ("threading.RLock", "py:class", "library/threading.html#$"),
+        ("signal.signal", "py:function", "library/signal.html#$"),
+        ("KeyboardInterrupt", "py:exception", "library/exceptions.html#$"),
         ("dict", "py:class", "library/stdtypes.html#$"),
         ("object", "py:class", "library/functions.html#$"),
         ("int", "py:class", "library/functions.html#$"),
@@ -46,6 +48,7 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("anyio.ClosedResourceError", "py:exception", "api.html#$"),
         ("anyio.EndOfStream", "py:exception", "api.html#$"),
         ("anyio.Event", "py:class", "api.html#$"),
+        ("anyio.open_signal_receiver", "py:function", "api.html#$"),
     ],
     "trio": [
         (
@@ -54,6 +57,7 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
             "reference-lowlevel.html#$",
         ),
         ("trio.lowlevel.TrioToken", "py:class", "reference-lowlevel.html#$"),
+        ("trio.open_signal_receiver", "py:function", "reference-io.html#$"),
     ],
 }
 FILES = {"Python": "python.inv", "anyio": "anyio.inv", "trio": "trio.inv"}
