@@ -263,6 +263,15 @@ class WaitMap(MutableMapping[K, V]):
         Raises:
             TypeError: ``key`` is not hashable.
         """
+        if (
+            self._waiting.get(key) is None
+            and not self._closed
+            and not self._dispatching
+        ):
+            # Nobody waits on key (a common case: a late reply): no need for the
+            # lock. A task that starts waiting at the same time comes after this
+            # wake-up, as it would if it had taken the lock just after it.
+            return NoMatch(value)
         with self._lock:
             entry = self._waiting.get(key)
             if self._closed:

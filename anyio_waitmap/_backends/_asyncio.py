@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
-import sys
-from asyncio import AbstractEventLoop, CancelledError, Future, current_task, sleep
+from asyncio import (
+    AbstractEventLoop,
+    CancelledError,
+    Future,
+    Task,
+    current_task,
+    sleep,
+)
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from anyio import current_effective_deadline
 from anyio.lowlevel import (
@@ -16,6 +23,10 @@ from anyio.lowlevel import (
 
 if TYPE_CHECKING:
     from ._base import Parkable
+
+
+# Task.uncancel() exists from Python 3.11 on; before, there is no count to keep.
+_uncancel: Callable[[Task[Any]], object] = getattr(Task, "uncancel", lambda task: None)
 
 
 def _release(future: Future[None]) -> None:
@@ -70,10 +81,9 @@ class AsyncioBinding:
         task = current_task()
         assert task is not None
         message = exc.args[0] if exc.args else None
-        if sys.version_info >= (3, 11):
-            # Keep Task.cancelling() where it was, so that asyncio.timeout() and
-            # TaskGroup still recognise the cancellation as theirs.
-            task.uncancel()
+        # Keep Task.cancelling() where it was, so that asyncio.timeout() and
+        # TaskGroup still recognise the cancellation as theirs.
+        _uncancel(task)
         task.cancel(message)
 
     async def checkpoint(self) -> None:
