@@ -182,10 +182,8 @@ class Waiter(_ParkedTask[_T]):
 
 def _set_public_module() -> None:
     # Show the public classes as anyio_waitmap.lowlevel.X in reprs and docs.
-    for name in __all__:
-        obj = globals()[name]
-        if isinstance(obj, type):
-            obj.__module__ = __name__
+    for name in __all__:  # classes only
+        globals()[name].__module__ = __name__
 
 
 _set_public_module()

@@ -54,14 +54,17 @@ class TrioBinding:
         if threading.get_ident() == self._thread and in_trio_run():
             try:
                 running = current_task()
-            except RuntimeError:  # called by the run loop itself, not by a task
-                running = None
+            except RuntimeError:
+                # Called by the run loop itself, between tasks (from an
+                # instrument or a signal handler, say): the loop may be about to
+                # sleep on I/O, so it must be woken through its token.
+                running = handle
             if running is not handle:
                 reschedule(handle)
                 return True
-            # The task to resume is the one running: a signal handler interrupted
-            # it between deciding to park and parking. It is parked by the time
-            # the run loop calls back.
+            # Or the task to resume is the one running: a signal handler
+            # interrupted it between deciding to park and parking. It is parked
+            # by the time the run loop calls back.
         try:
             self._token.run_sync_soon(reschedule, handle)
         except trio.RunFinishedError:

@@ -1,0 +1,439 @@
+"""Paths that only a rare interleaving reaches, forced one by one.
+
+Each test makes one narrow window happen on purpose: another party acts while
+a lock is held, between two steps of the library, or from a place with no task
+running. The lock wrappers below run such an action at an exact point of the
+library's own locking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from checkpoints import assert_yields
+
+from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke, _backends
+from anyio_waitmap.lowlevel import DiatomicWaker, Waker
+
+pytestmark = pytest.mark.anyio
+
+
+class HookedLock:
+    """A lock that runs ``before[n]`` before and ``after[n]`` after its n-th
+    acquisition (counted from 0, whether it succeeds or not)."""
+
+    def __init__(
+        self,
+        lock: Any,
+        before: dict[int, Callable[[], object]] | None = None,
+        after: dict[int, Callable[[], object]] | None = None,
+    ) -> None:
+        self._lock = lock
+        self._before = before or {}
+        self._after = after or {}
+        self.acquisitions = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        n = self.acquisitions
+        self.acquisitions += 1
+        if n in self._before:
+            self._before.pop(n)()
+        acquired: bool = self._lock.acquire(blocking, timeout)
+        if acquired and n in self._after:
+            self._after.pop(n)()
+        return acquired
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _hook(waker: Waker, **points: dict[int, Callable[[], object]]) -> HookedLock:
+    lock = HookedLock(waker._lock, **points)  # pyright: ignore[reportPrivateUsage]
+    waker._lock = lock  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage,reportAttributeAccessIssue]
+    return lock
+
+
+def _state(waker: Waker) -> str:
+    return repr(waker).split()[1]
+
+
+class TestWakeWhileTheLockIsHeld:
+    """A wake-up that finds the waker's lock taken leaves a request, and the
+    holder serves it: as from a signal handler that interrupted the holder, or
+    from a thread that came at the wrong moment."""
+
+    async def test_request_during_park_makes_park_return_at_once(self) -> None:
+        waker = Waker()
+        _hook(waker, after={0: waker.wake})
+        # The task was about to park when the request came: it takes the
+        # wake-up itself instead of parking, and park() is still a checkpoint.
+        await assert_yields(waker.park)
+        assert _state(waker) == "idle"
+
+    async def test_request_while_taking_a_notification_is_kept(self) -> None:
+        waker = Waker()
+        waker.wake()  # notified: the next park() returns at once
+        _hook(waker, after={0: waker.wake})
+        await waker.park()
+        # The request that came meanwhile is not lost: the next park returns too.
+        assert _state(waker) == "notified"
+        await waker.park()
+        assert _state(waker) == "idle"
+
+    async def test_request_served_by_another_party_before_the_task_takes_it(
+        self,
+    ) -> None:
+        waker = Waker()
+        # Acquisition 0: park() decides to park, and a request arrives.
+        # Before acquisition 2 (park() about to take the request itself), the
+        # requester's own retry (acquisition 1) serves it: the task must then
+        # park and be resumed by that wake-up, exactly once.
+        lock = _hook(
+            waker,
+            after={0: waker.wake},
+            before={2: lambda: waker._serve()},  # pyright: ignore[reportPrivateUsage]
+        )
+        resumed = 0
+
+        async def parker() -> None:
+            nonlocal resumed
+            await waker.park()
+            resumed += 1
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(parker)
+        assert resumed == 1
+        assert lock.acquisitions >= 3
+        assert _state(waker) == "idle"
+
+    async def test_request_during_cleanup_after_a_wake_up(self) -> None:
+        waker = Waker()
+        parked = anyio.Event()
+
+        async def parker() -> None:
+            parked.set()
+            await waker.park()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parker)
+            await parked.wait()
+            await anyio.wait_all_tasks_blocked()
+            # The task's clean-up after the wake-up is interrupted by another.
+            _hook(waker, after={1: waker.wake})
+            waker.wake()
+        assert _state(waker) == "notified"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_cancelled_park_serves_a_request_made_during_the_abort() -> None:
+    waker = Waker()
+    scope = anyio.CancelScope()
+
+    async def parker() -> None:
+        with scope:
+            await waker.park()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        # trio calls the abort function synchronously from cancel(); a
+        # wake-up arrives while the abort holds the lock.
+        _hook(waker, after={0: waker.wake})
+        scope.cancel()
+    assert scope.cancelled_caught
+    # As documented, a cancelled park() may swallow a wake-up: it leaves the
+    # waker idle, and the task re-checks its condition when it parks next.
+    assert _state(waker) == "idle"
+
+
+def test_trio_wake_from_the_run_loop_between_tasks() -> None:
+    """An instrument runs in the run loop itself, with no task running (as a
+    signal handler or a garbage collector callback may)."""
+    results: list[int] = []
+    outcomes: list[object] = []
+
+    class WakeBeforeIOWait(trio.abc.Instrument):
+        def __init__(self, wm: WaitMap[str, int]) -> None:
+            self.wm: WaitMap[str, int] | None = wm
+
+        def before_io_wait(self, timeout: float) -> None:
+            if self.wm is not None:
+                with pytest.raises(RuntimeError):
+                    trio.lowlevel.current_task()  # indeed no task is running
+                outcomes.append(self.wm.wake("k", 1))
+                self.wm = None
+
+    async def main() -> None:
+        wm: WaitMap[str, int] = WaitMap()
+
+        async def waiter() -> None:
+            results.append(await wm.wait("k"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(WakeBeforeIOWait(wm))
+
+    trio.run(main)
+    assert outcomes == [Woke(1)]
+    assert results == [1]
+
+
+def test_trio_wake_from_a_run_sync_soon_callback() -> None:
+    """run_sync_soon callbacks run in the run's thread, in a system task."""
+    results: list[int] = []
+
+    async def main() -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        token = trio.lowlevel.current_trio_token()
+
+        async def waiter() -> None:
+            results.append(await wm.wait("k"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            outcomes: list[object] = []
+            token.run_sync_soon(lambda: outcomes.append(wm.wake("k", 1)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcomes == [Woke(1)]
+
+    trio.run(main)
+    assert results == [1]
+
+
+def test_waker_needs_a_task_not_a_loop_callback() -> None:
+    errors: list[BaseException] = []
+
+    def callback() -> None:
+        try:
+            Waker()
+        except RuntimeError as exc:
+            errors.append(exc)
+        loop.stop()
+
+    # A loop that no task of ours has used yet, so nothing is cached for it.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(callback)
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert len(errors) == 1
+    assert "Waker() must be awaited by a task" in str(errors[0])
+
+
+def test_without_trio_imported_nothing_of_trio_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "trio")
+    monkeypatch.setattr(_backends, "_current_trio_binding", None)
+    monkeypatch.setattr(_backends, "_trio_protect", None)
+    with pytest.raises(RuntimeError, match="asyncio or trio event loop"):
+        Waker()
+    assert _backends._current_trio_binding is None  # pyright: ignore[reportPrivateUsage]
+
+
+def test_trio_imported_after_the_package_is_found_at_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_backends, "_current_trio_binding", None)
+    monkeypatch.setattr(_backends, "_trio_protect", None)
+
+    async def main() -> None:
+        Waker()  # the first use in a trio run loads the trio binding
+
+    assert _backends._trio_protect is None  # pyright: ignore[reportPrivateUsage]
+    trio.run(main)
+    assert _backends._trio_protect is not None  # pyright: ignore[reportPrivateUsage]
+
+
+async def test_waiter_leaves_between_the_lock_free_look_and_the_lock() -> None:
+    """wake() saw a waiter without the lock; by the time it holds the lock,
+    the waiter is gone (another thread cancelled it): nobody was woken."""
+    wm: WaitMap[str, int] = WaitMap()
+    async with anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            with pytest.raises(KeyCancelled):
+                await wm.wait("k")
+
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        hooked = HookedLock(
+            wm._lock,  # pyright: ignore[reportPrivateUsage]
+            before={0: lambda: wm.cancel("k")},
+        )
+        wm._lock = hooked  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage]
+        assert wm.wake("k", 1) == NoMatch(1)
+    assert wm.statistics().tasks_waiting == 0
+
+
+def test_hooked_lock_is_a_lock() -> None:
+    """The wrapper itself: acquisitions are counted, hooks run once each."""
+    calls: list[str] = []
+    lock = HookedLock(
+        threading.Lock(),
+        before={0: lambda: calls.append("before 0")},
+        after={1: lambda: calls.append("after 1")},
+    )
+    with lock:
+        assert not lock.acquire(False)
+    with lock:
+        pass
+    assert calls == ["before 0"]
+    assert lock.acquisitions == 3
+
+
+class TestMapWindows:
+    """The windows of WaitMap's own two-step paths."""
+
+    async def test_take_finds_the_value_gone_after_its_checkpoint(self) -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        wm["k"] = 1
+        results: list[int] = []
+
+        async def taker() -> None:
+            results.append(await wm.take("k"))
+
+        # take() saw the value, then checked for cancellation; before it takes
+        # the lock again, another thread takes the value: it waits instead.
+        wm._lock = HookedLock(  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage,reportAttributeAccessIssue]
+            wm._lock,  # pyright: ignore[reportPrivateUsage]
+            before={1: lambda: results.append(wm.pop("k"))},
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(taker)
+            await anyio.wait_all_tasks_blocked()
+            assert wm.statistics().tasks_waiting == 1
+            wm["k"] = 2
+        assert results == [1, 2]
+        assert "k" not in wm
+
+    async def test_take_finds_the_map_closed_after_its_checkpoint(self) -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        wm["k"] = 1
+        wm._lock = HookedLock(  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage,reportAttributeAccessIssue]
+            wm._lock,  # pyright: ignore[reportPrivateUsage]
+            before={1: wm.close},
+        )
+        with pytest.raises(WaitMapClosed, match="take"):
+            await wm.take("k")
+        assert wm["k"] == 1  # stored values stay readable
+
+    @pytest.mark.parametrize(
+        ("name", "meddle"),
+        [
+            ("wake()", lambda wm: wm.wake("k", 2)),
+            ("wake()", lambda wm: wm.wake("other", 2)),
+            ("cancel()", lambda wm: wm.cancel("k")),
+            ("cancel_all()", lambda wm: wm.cancel_all()),
+            ("close()", lambda wm: wm.close()),
+        ],
+    )
+    async def test_predicate_must_not_call_back_into_the_map(
+        self, name: str, meddle: Callable[[WaitMap[str, int]], object]
+    ) -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        errors: list[BaseException] = []
+
+        def predicate(value: int) -> bool:
+            try:
+                meddle(wm)
+            except RuntimeError as exc:
+                errors.append(exc)
+            return True
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wm.wait_for, "k", predicate)
+            await anyio.wait_all_tasks_blocked()
+            assert wm.wake("k", 1) == Woke(1)
+        assert len(errors) == 1
+        assert name in str(errors[0])
+        assert not wm.closed
+        assert wm.statistics().tasks_waiting == 0
+
+    async def test_give_back_wakes_waiters_and_stores_when_nobody_takes(
+        self,
+    ) -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        coro = wm.take("k")
+        coro.send(None)  # parked by hand, so that an exception can be thrown in
+        assert wm.wake("k", 7) == Woke(1)
+        results: list[int] = []
+
+        async def waiter() -> None:
+            results.append(await wm.wait("k"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            # The taker cannot return its value: it goes to the waiting task,
+            # and is stored as well, since no taker consumed it.
+            with pytest.raises(ValueError, match="thrown in"):
+                coro.throw(ValueError("thrown in"))
+        assert results == [7]
+        assert wm["k"] == 7
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_predicate_cancelling_a_later_waiter_of_the_same_key() -> None:
+    """On trio, cancel() runs abort functions at once: a predicate that cancels
+    another waiter's scope unlinks it in the middle of the hand-over, and the
+    hand-over skips it."""
+    wm: WaitMap[str, int] = WaitMap()
+    scope = anyio.CancelScope()
+    results: list[object] = []
+
+    def cancel_the_other(value: int) -> bool:
+        scope.cancel()
+        return True
+
+    async def first() -> None:
+        results.append(("first", await wm.wait_for("k", cancel_the_other)))
+
+    async def second() -> None:
+        with scope:
+            results.append(("second", await wm.wait("k")))
+        results.append(("second cancelled", scope.cancelled_caught))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        assert wm.wake("k", 1) == Woke(1)
+    assert sorted(map(str, results)) == sorted(
+        map(str, [("first", 1), ("second cancelled", True)])
+    )
+    assert wm.statistics().tasks_waiting == 0
+
+
+async def test_usable_here_outside_any_loop() -> None:
+    waker = Waker()
+    assert waker.usable_here()
+    assert not await anyio.to_thread.run_sync(waker.usable_here)
+
+
+async def test_diatomic_waker_repr() -> None:
+    slot = DiatomicWaker()
+    assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker idle>"
+    slot.register(Waker())
+    assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker registered>"
