@@ -59,6 +59,11 @@ class Waker:
         """Resume the task if it is parked on this waker, else make its next
         :meth:`park` return at once. Never blocks; idempotent until the task
         runs. Safe to call from a signal handler."""
+        if self._state >= _WOKEN:
+            # WOKEN or NOTIFIED: a resumption is due and has not happened yet.
+            # The task leaves that state only on its way to re-checking what it
+            # waits for, after this read: nothing to add, and no lock needed.
+            return
         self._requested = True
         self._serve()
 

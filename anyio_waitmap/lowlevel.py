@@ -29,7 +29,8 @@ small lock:
 
 ``wake()`` moves ``PARKED`` to ``WOKEN`` (and is the only transition that calls
 into the event loop) and ``IDLE`` to ``NOTIFIED``; in ``WOKEN`` and ``NOTIFIED`` it
-does nothing, because a resumption is already due.
+does nothing, not even take the lock, because a resumption is already due (the
+task leaves those states only on its way to re-checking what it waits for).
 
 ``wake()`` never waits for the lock. It sets a "requested" flag, then tries the
 lock without blocking; if it gets it, it clears the flag and makes the

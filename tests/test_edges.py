@@ -30,18 +30,22 @@ pytestmark = pytest.mark.anyio
 
 class HookedLock:
     """A lock that runs ``before[n]`` before and ``after[n]`` after its n-th
-    acquisition (counted from 0, whether it succeeds or not)."""
+    acquisition (counted from 0, whether it succeeds or not), and
+    ``releasing[n]`` just before its n-th release (the lock still held)."""
 
     def __init__(
         self,
         lock: Any,
         before: dict[int, Callable[[], object]] | None = None,
         after: dict[int, Callable[[], object]] | None = None,
+        releasing: dict[int, Callable[[], object]] | None = None,
     ) -> None:
         self._lock = lock
         self._before = before or {}
         self._after = after or {}
+        self._releasing = releasing or {}
         self.acquisitions = 0
+        self.releases = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         n = self.acquisitions
@@ -54,6 +58,10 @@ class HookedLock:
         return acquired
 
     def release(self) -> None:
+        n = self.releases
+        self.releases += 1
+        if n in self._releasing:
+            self._releasing.pop(n)()
         self._lock.release()
 
     def __enter__(self) -> bool:
@@ -89,9 +97,11 @@ class TestWakeWhileTheLockIsHeld:
     async def test_request_while_taking_a_notification_is_kept(self) -> None:
         waker = Waker()
         waker.wake()  # notified: the next park() returns at once
-        _hook(waker, after={0: waker.wake})
+        # A request made once park() has taken the notification (idle again),
+        # but before it released the lock.
+        _hook(waker, releasing={0: waker.wake})
         await waker.park()
-        # The request that came meanwhile is not lost: the next park returns too.
+        # The request is not lost: the next park returns at once too.
         assert _state(waker) == "notified"
         await waker.park()
         assert _state(waker) == "idle"
@@ -135,10 +145,22 @@ class TestWakeWhileTheLockIsHeld:
             tg.start_soon(parker)
             await parked.wait()
             await anyio.wait_all_tasks_blocked()
-            # The task's clean-up after the wake-up is interrupted by another.
-            _hook(waker, after={1: waker.wake})
+            # A wake-up arrives once the task's clean-up after the first one has
+            # made the waker idle, before it released the lock.
+            _hook(waker, releasing={1: waker.wake})
             waker.wake()
         assert _state(waker) == "notified"
+
+
+async def test_wake_ups_while_one_is_due_take_no_lock() -> None:
+    waker = Waker()
+    waker.wake()
+    lock = _hook(waker)
+    for _ in range(100):
+        waker.wake()  # notified already: folded into the pending one
+    assert lock.acquisitions == 0
+    await waker.park()
+    assert _state(waker) == "idle"
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
