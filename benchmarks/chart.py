@@ -6,12 +6,18 @@
 
 Each panel shows, per event loop, the cost of each row as a ratio to the raw
 mechanism of that loop (1.0 = as fast as hand-written code on the bare loop).
+The thread panels appear twice when wakers.py also ran its pinned child
+process: once free to use every CPU, once pinned to one CPU. ``--quick`` draws
+into a temporary directory, to check that the chart still draws.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -38,13 +44,24 @@ LABELS = {
     "sink_ping_pong": "WakeSink",
     "asyncio_event": "asyncio.Event / trio.Event",
     "trio_event": "asyncio.Event / trio.Event",
+    "anyio_event_ping_pong": "anyio.Event",
+    "aiologic_event_ping_pong": "aiologic.Event",
+    "aiologic_lowlevel_ping_pong": "aiologic low-level event",
     "asyncio_raw_threadsafe": "raw: the loop's thread-safe call",
     "trio_raw_threadsafe": "raw: the loop's thread-safe call",
-    "sink_threadsafe": "WakeSink.notify",
+    "anyio_from_thread": "anyio.from_thread.run_sync",
+    "aiologic_event_threadsafe": "aiologic.Event.set",
+    "waitmap_threadsafe": "WaitMap.wake",
+    "source_threadsafe": "WakeSource.notify",
+    "sink_threadsafe": "WakeSource.notify",
+    "asyncio_event_burst": "raw: a thread-safe call per notify",
+    "trio_event_burst": "raw: a thread-safe call per notify",
+    "aiologic_revent_burst": "aiologic.REvent.set",
+    "source_burst": "WakeSource.notify",
 }
 
 
-def panel(axis: plt.Axes, title: str, per_loop: dict[str, dict[str, float]]) -> None:
+def panel(axis: Any, title: str, per_loop: dict[str, dict[str, float]]) -> None:
     loops = list(per_loop)
     rows = list(dict.fromkeys(LABELS.get(r, r) for v in per_loop.values() for r in v))
     width = 0.8 / len(rows)
@@ -60,40 +77,61 @@ def panel(axis: plt.Axes, title: str, per_loop: dict[str, dict[str, float]]) -> 
     axis.set_xticks([n + width * (len(rows) - 1) / 2 for n in range(len(loops))])
     axis.set_xticklabels(loops)
     axis.set_ylabel("time / raw mechanism")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=10)
     axis.legend(fontsize=7)
 
 
+def by_loop(scenario: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The median ns of each row, per loop, from one scenario of wakers.json."""
+    return {
+        loop: data["ns"]
+        for loop, data in scenario.items()
+        if isinstance(data, dict) and "ns" in data
+    }
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--quick", action="store_true", help="draw into a temp dir")
+    options = parser.parse_args()
     fanin = json.loads((RESULTS / "fanin.json").read_text())
     wakers = json.loads((RESULTS / "wakers.json").read_text())
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panel(
-        axes[0],
-        "keyed fan-in, per key (net of task spawn)",
-        {loop: data["net_ns_per_key"] for loop, data in fanin["loops"].items()},
-    )
-    panel(
-        axes[1],
-        "ping-pong between two tasks, per round trip",
-        {
-            loop: data["ns"]
-            for loop, data in wakers["ping-pong (per round trip)"].items()
-        },
-    )
-    panel(
-        axes[2],
-        "wake-up from another thread",
-        {
-            loop: data["ns"]
-            for loop, data in wakers["wake from another thread (per wake-up)"].items()
-        },
-    )
+    panels: list[tuple[str, dict[str, dict[str, float]]]] = [
+        (
+            "keyed fan-in, per key (net of task spawn)",
+            {loop: data["net_ns_per_key"] for loop, data in fanin["loops"].items()},
+        ),
+        (
+            "ping-pong between two tasks, per round trip",
+            by_loop(wakers["ping-pong (per round trip)"]),
+        ),
+    ]
+    # The thread scenarios, each next to its pinned run.
+    threads = [key for key in wakers if key.startswith("wake from another thread")]
+    bursts = [key for key in wakers if key.startswith("burst of")]
+    for key in threads + bursts:
+        title = key.replace(" (per", "\n(per")
+        panels.append((title, by_loop(wakers[key])))
+    columns = 3
+    lines = -(-len(panels) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(17, 4.8 * lines))
+    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    for axis, (title, data) in zip(flat, panels, strict=False):
+        panel(axis, title, data)
+    for axis in flat[len(panels) :]:
+        axis.set_visible(False)
     figure.suptitle(f"anyio-waitmap benchmarks (Python {fanin['python']})")
     figure.tight_layout()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(OUT, dpi=110)
-    print(f"wrote {OUT}")
+    if options.quick:
+        with tempfile.TemporaryDirectory() as directory:
+            out = Path(directory) / "benchmarks.png"
+            figure.savefig(out, dpi=60)
+            print(f"drew {len(panels)} panels (--quick: not kept)")
+        return
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(options.out, dpi=100)
+    print(f"wrote {options.out}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Keyed fan-in: N tasks wait on distinct keys, then each is woken with a value.
 
-Prints, per event loop, the median cost per key of each row, net of the cost
-of spawning and finishing N tasks that do nothing (measured in the same round),
-and its ratio to the raw mechanism of that loop. Rows are sampled in
+Prints, per event loop, the cost per key of each row, net of the cost of
+spawning and finishing N tasks that do nothing (measured in the same round:
+each sample minus the spawn-only sample of its round), and the ratio of its
+median to the raw mechanism of that loop. Rows are sampled in
 interleaved rounds, each sample in a fresh event loop, with the cyclic GC
 collected before and disabled during the sample.
 
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +25,14 @@ import outcome
 import trio
 import trio.testing
 import uvloop
-from _timing import sample
+from _timing import (
+    print_header,
+    print_legend,
+    print_machine,
+    print_row,
+    sample,
+    summarize,
+)
 
 from anyio_waitmap import WaitMap
 
@@ -231,12 +238,21 @@ def main() -> None:
     N = options.keys
     if options.quick:
         N, options.rounds = 50, 1
+    print(f"fanin.py: {N:,} keys, --rounds {options.rounds}")
+    info = print_machine()
     report: dict[str, object] = {
         "scenario": "fan-in",
         "keys": N,
         "python": platform.python_version(),
+        "machine": info,
         "loops": {},
     }
+    print_legend()
+    print_header(
+        f"keyed fan-in, {N:,} keys (per key, net of spawning and finishing the "
+        f"tasks, measured in the same round)",
+        "ns/key",
+    )
     for loop_name, (run, rows) in LOOPS.items():
         for row in rows:  # warm-up, untimed
             sample(run, row)
@@ -244,16 +260,31 @@ def main() -> None:
         for _ in range(options.rounds):
             for row in rows:
                 samples[row.__name__].append(sample(run, row))
-        per_key = {name: statistics.median(s) / N * 1e9 for name, s in samples.items()}
-        spawn = per_key.pop(rows[0].__name__)
-        raw = per_key[rows[1].__name__] - spawn
-        print(f"{loop_name}: spawn+finish {spawn:,.0f} ns/key (subtracted)")
-        for name, ns in per_key.items():
-            net = ns - spawn
-            print(f"  {name:24} {net:8,.0f} ns/key net   {net / raw:5.2f}x raw")
+        spawn_name = rows[0].__name__
+        spawn = samples[spawn_name]
+        # Net of the spawn cost of the same round: the rows of one round ran
+        # within moments of each other, so a slow spell of the machine cancels.
+        net = {
+            name: summarize(
+                [t - s for t, s in zip(values, spawn, strict=True)], 1e9 / N
+            )
+            for name, values in samples.items()
+            if name != spawn_name
+        }
+        spawned = summarize(spawn, 1e9 / N)
+        raw = net[rows[1].__name__].median
+        for name, summary in net.items():
+            print_row(loop_name, name, summary, raw)
+        print(
+            f"  {loop_name:8} ({spawn_name}: {spawned.median:,.0f} ns/key, "
+            f"subtracted above)"
+        )
         report["loops"][loop_name] = {  # type: ignore[index]
             "samples": samples,
-            "net_ns_per_key": {name: ns - spawn for name, ns in per_key.items()},
+            "net_ns_per_key": {name: s.median for name, s in net.items()},
+            "net_min_ns_per_key": {name: s.minimum for name, s in net.items()},
+            "spread": {name: s.spread for name, s in net.items()},
+            "spawn_ns_per_key": spawned.median,
         }
     if options.json:
         with open(options.json, "w") as file:

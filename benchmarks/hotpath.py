@@ -4,9 +4,14 @@ Drives the coroutines by hand (no tasks, no event loop iterations), so that
 only our code and the raw mechanism are timed: *wait* runs ``wm.wait(key)`` up
 to the point where it parks, *wake* is ``wm.wake(key, value)``, *resume* runs
 the parked coroutine to its end. The raw row does the same with a ``dict`` of
-futures. Best of ``--repeat`` runs of ``--keys`` keys each.
+futures. Best of ``--repeat`` runs of ``--keys`` keys each, after a small
+untimed warm-up, with the cyclic GC collected before and disabled during a run.
 
-    python benchmarks/hotpath.py [--keys 100000] [--repeat 5]
+On asyncio and asyncio+uvloop only: driving coroutines by hand needs a future
+to suspend on, and trio's parking (``wait_task_rescheduled``) reschedules the
+task that runs the benchmark, so it cannot be driven this way.
+
+    python benchmarks/hotpath.py [--keys 100000] [--repeat 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+import uvloop
+from _timing import print_machine
 
 from anyio_waitmap import WaitMap
 
@@ -92,22 +101,45 @@ async def measure(keys: int) -> dict[str, dict[str, float]]:
     return result
 
 
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
+    "asyncio": asyncio.run,
+    "uvloop": uvloop.run,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="check that it runs")
     options = parser.parse_args()
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(options.repeat):
-        for row, steps in asyncio.run(measure(options.keys)).items():
-            for step, ns in steps.items():
-                best.setdefault(row, {})[step] = min(
-                    ns, best.get(row, {}).get(step, ns)
-                )
-    for row, steps in best.items():
-        total = sum(steps.values())
-        parts = "  ".join(f"{step} {ns:6,.0f}" for step, ns in steps.items())
-        print(f"{row:16} {parts}  total {total:6,.0f} ns per key")
+    if options.quick:
+        options.keys, options.repeat = 100, 1
+    print(f"hotpath.py: --keys {options.keys:,} --repeat {options.repeat}")
+    report: dict[str, Any] = {"machine": print_machine(), "keys": options.keys}
+    print("ns per key, best of the runs for each step")
+    for loop_name, run in LOOPS.items():
+        run(measure(min(options.keys, 1_000)))  # warm-up
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(options.repeat):
+            for row, steps in run(measure(options.keys)).items():
+                for step, ns in steps.items():
+                    best.setdefault(row, {})[step] = min(
+                        ns, best.get(row, {}).get(step, ns)
+                    )
+        raw_total = sum(best["dict of futures"].values())
+        for row, steps in best.items():
+            total = sum(steps.values())
+            parts = "  ".join(f"{step} {ns:6,.0f}" for step, ns in steps.items())
+            print(
+                f"  {loop_name:8} {row:16} {parts}  total {total:6,.0f} ns "
+                f"{total / raw_total:5.2f}x raw"
+            )
+        report[loop_name] = best
+    if options.json:
+        with open(options.json, "w") as file:
+            json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,22 +4,34 @@ A client makes ``--calls`` calls, ``--concurrency`` at a time, over one
 connection to an echo server in the same process; one reader task hands each
 reply to its caller. The rows differ only in how a caller waits for its reply:
 a ``WaitMap``, a ``dict`` of futures (asyncio), or a ``dict`` of ``trio.Event``
-plus a value slot (trio). Reported: time per call, median of interleaved rounds.
+plus a value slot (trio). Reported, on asyncio, asyncio+uvloop and trio: time per
+call over interleaved rounds, each sample in a fresh event loop after an untimed
+warm-up, with the cyclic GC collected before and disabled during the sample.
 
     python benchmarks/rpc_tcp.py [--calls 5000] [--concurrency 100] [--rounds 5]
+                                 [--json FILE] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import json
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import trio
+from _timing import (
+    gc_paused,
+    print_header,
+    print_legend,
+    print_machine,
+    print_row,
+    summarize,
+)
 from anyio.abc import SocketAttribute, SocketStream
 
 from anyio_waitmap import WaitMap
@@ -153,17 +165,21 @@ async def client(mailbox: Mailbox) -> float:
     return elapsed
 
 
-ROWS: dict[str, tuple[str, list[Callable[[], Mailbox]]]] = {
-    "asyncio": ("asyncio", [FuturesMailbox, WaitMapMailbox]),
-    "trio": ("trio", [TrioEventMailbox, WaitMapMailbox]),
+ROWS: dict[str, tuple[str, dict[str, Any], list[Callable[[], Mailbox]]]] = {
+    "asyncio": ("asyncio", {}, [FuturesMailbox, WaitMapMailbox]),
+    "uvloop": ("asyncio", {"use_uvloop": True}, [FuturesMailbox, WaitMapMailbox]),
+    "trio": ("trio", {}, [TrioEventMailbox, WaitMapMailbox]),
 }
 
 
-def sample(backend: str, make: Callable[[], Mailbox]) -> float:
+def sample(backend: str, options: dict[str, Any], make: Callable[[], Mailbox]) -> float:
+    """Seconds for the calls of one client, in a fresh event loop (cyclic GC off)."""
+
     async def main() -> float:
         return await client(make())
 
-    return anyio.run(main, backend=backend)
+    with gc_paused():
+        return anyio.run(main, backend=backend, backend_options=options)
 
 
 def main() -> None:
@@ -172,26 +188,45 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=CALLS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", help="write the results (raw samples in seconds)")
     parser.add_argument("--quick", action="store_true", help="check that it runs")
     options = parser.parse_args()
     CALLS, CONCURRENCY, rounds = options.calls, options.concurrency, options.rounds
     if options.quick:
         CALLS, CONCURRENCY, rounds = 200, 20, 1
-    print(f"{CALLS:,} calls, {CONCURRENCY} at a time, over one loopback connection")
-    for loop_name, (backend, rows) in ROWS.items():
+    print(
+        f"rpc_tcp.py: --calls {CALLS:,} --concurrency {CONCURRENCY} --rounds {rounds}"
+    )
+    report: dict[str, Any] = {
+        "machine": print_machine(),
+        "calls": CALLS,
+        "concurrency": CONCURRENCY,
+        "loops": {},
+    }
+    print_legend()
+    print_header(
+        f"{CALLS:,} calls, {CONCURRENCY} at a time, over one loopback connection "
+        f"(per call)",
+        "ns/call",
+    )
+    for loop_name, (backend, backend_options, rows) in ROWS.items():
         for make in rows:  # warm-up
-            sample(backend, make)
+            sample(backend, backend_options, make)
         times: dict[str, list[float]] = {make.__name__: [] for make in rows}
         for _ in range(rounds):
             for make in rows:
-                times[make.__name__].append(sample(backend, make))
-        base = statistics.median(times[rows[0].__name__])
-        for name, values in times.items():
-            median = statistics.median(values)
-            print(
-                f"  {loop_name:8} {name:18} {median / CALLS * 1e6:8.1f} us/call  "
-                f"{median / base:5.2f}x"
-            )
+                times[make.__name__].append(sample(backend, backend_options, make))
+        summaries = {name: summarize(v, 1e9 / CALLS) for name, v in times.items()}
+        base = summaries[rows[0].__name__].median
+        for name, summary in summaries.items():
+            print_row(loop_name, name, summary, base)
+        report["loops"][loop_name] = {
+            "samples": times,
+            "ns": {name: s.median for name, s in summaries.items()},
+        }
+    if options.json:
+        with open(options.json, "w") as file:
+            json.dump(report, file, indent=1)
 
 
 if __name__ == "__main__":
