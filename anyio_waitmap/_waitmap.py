@@ -178,7 +178,13 @@ class WaitMap(MutableMapping[K, V]):
                 if value is _MISSING:  # another thread took it meanwhile
                     waiter = self._link(binding, key, None, True)
             if waiter is None:
-                await binding.yield_keeping_value()
+                try:
+                    await binding.yield_keeping_value()
+                except BaseException:
+                    # Not a cancellation (that is kept for the next checkpoint):
+                    # the task cannot return the value, so it is passed on.
+                    self._give_back(key, value)
+                    raise
                 return value  # type: ignore[no-any-return]
         try:
             await binding.park(waiter)
@@ -199,7 +205,12 @@ class WaitMap(MutableMapping[K, V]):
         or hands over the value, so that :meth:`wake` can count exactly the tasks
         that will return the value. Keep it cheap and free of side effects; it must
         not store into, wake, cancel or close the map (that raises
-        :exc:`RuntimeError` inside the predicate).
+        :exc:`RuntimeError` inside the predicate). If it raises an
+        :exc:`Exception` while a value is handed over, this call raises it and the
+        caller is not affected. Anything else it raises (:exc:`KeyboardInterrupt`,
+        say) goes to the storing or waking caller instead, once the hand-over to
+        the other tasks is complete and the value stored if it is a store; this
+        task keeps waiting.
 
         This is a checkpoint on every path. If the task is cancelled while waiting,
         it leaves nothing behind; if it had already been handed a value, it returns
@@ -285,7 +296,9 @@ class WaitMap(MutableMapping[K, V]):
                 del self._waiting[key]
                 self._tasks_waiting -= 1
                 return _WOKE_ONE if entry.wake_locked(value) else NoMatch(value)
-            woken, _ = self._dispatch(key, value, entry)
+            woken, _, interrupt = self._dispatch(key, value, entry)
+        if interrupt is not None:
+            raise interrupt
         if woken:
             # Outcomes are immutable, so the most common one is made once.
             return _WOKE_ONE if woken == 1 else Woke(woken)
@@ -309,9 +322,15 @@ class WaitMap(MutableMapping[K, V]):
             if self._dispatching:
                 self._refuse_while_dispatching("storing a value")
             if entry is not None:
-                _, taken = self._dispatch(key, value, entry)
-                if taken:
-                    return
+                # Compare key with the stored keys first: a key that fails to
+                # compare then fails here, before any task is handed the value.
+                self._data.get(key)
+                _, taken, interrupt = self._dispatch(key, value, entry)
+                if not taken:
+                    self._data[key] = value
+                if interrupt is not None:
+                    raise interrupt
+                return
             self._data[key] = value
 
     # A default is required: None is not a value of every WaitMap.
@@ -524,9 +543,12 @@ class WaitMap(MutableMapping[K, V]):
         if entry is waiter:
             del waiting[key]
         elif isinstance(entry, dict) and waiter in entry:
-            del entry[waiter]
-            if not entry:
+            # Only the first branch hashes the key, which may raise: then
+            # nothing has changed yet.
+            if len(entry) == 1:
                 del waiting[key]
+            else:
+                del entry[waiter]
         else:  # pragma: no cover - would be a bookkeeping bug
             raise AssertionError(f"waiter for {key!r} is not linked")
         self._tasks_waiting -= 1
@@ -550,21 +572,33 @@ class WaitMap(MutableMapping[K, V]):
 
     def _dispatch(
         self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
-    ) -> tuple[int, bool]:
-        """Hand ``value`` to the waiters of ``key``; (tasks woken, taken by a taker)."""
+    ) -> tuple[int, bool, BaseException | None]:
+        """Hand ``value`` to the waiters of ``key``.
+
+        Returns the number of tasks woken, whether a taker took the value, and
+        the first exception that is not an :exc:`Exception` (KeyboardInterrupt,
+        say) raised by a predicate: the hand-over to the other waiters is
+        finished first, and the caller raises it once the map is consistent.
+        The waiter whose predicate raised it stays registered.
+        """
         if not isinstance(entry, dict):
             # One waiter, the common case.
             waiter = entry
-            if waiter.predicate is not None and not self._matches(key, waiter, value):
-                return 0, False
+            if waiter.predicate is not None:
+                try:
+                    if not self._matches(key, waiter, value):
+                        return 0, False, None
+                except BaseException as exc:
+                    return 0, False, exc
             del self._waiting[key]
             self._tasks_waiting -= 1
             if waiter.wake_locked(value):
-                return 1, waiter.taker
-            return 0, False
+                return 1, waiter.taker, None
+            return 0, False, None
 
         woken = 0
         taken = False
+        interrupt: BaseException | None = None
         # A snapshot: a trio abort function may unlink a waiter while we run a
         # predicate (if that predicate cancels a scope), changing the dict.
         for waiter in tuple(entry):
@@ -573,13 +607,19 @@ class WaitMap(MutableMapping[K, V]):
             if waiter.taker:
                 if taken:
                     continue
-            elif waiter.predicate is not None and not self._matches(key, waiter, value):
-                continue
+            elif waiter.predicate is not None:
+                try:
+                    if not self._matches(key, waiter, value):
+                        continue
+                except BaseException as exc:
+                    if interrupt is None:
+                        interrupt = exc
+                    continue
             self._remove(key, waiter)
             if waiter.wake_locked(value):
                 woken += 1
                 taken = taken or waiter.taker
-        return woken, taken
+        return woken, taken, interrupt
 
     def _throw_all(self, make_error: Callable[[Any], BaseException]) -> int:
         waiting = self._waiting
@@ -605,7 +645,10 @@ class WaitMap(MutableMapping[K, V]):
                 return
             entry = self._waiting.get(key)
             if entry is not None and not self._closed:
-                _, taken = self._dispatch(key, value, entry)
-                if taken:
-                    return
+                _, taken, interrupt = self._dispatch(key, value, entry)
+                if not taken:
+                    self._data[key] = value
+                if interrupt is not None:
+                    raise interrupt
+                return
             self._data[key] = value

@@ -104,8 +104,9 @@ class Waker:
             if notified:
                 self._state = _IDLE
             else:
-                self._state = _PARKED
+                # The handle first: if making it fails, the waker stays idle.
                 self._handle = binding.new_handle()
+                self._state = _PARKED
         if self._requested:
             # Requested before or while we held the lock, and so ours to serve. If
             # we are about to park, take the wake-up here instead; otherwise keep
