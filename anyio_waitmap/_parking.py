@@ -163,20 +163,26 @@ class ParkedTask(Generic[T]):
         Call it from the ``except`` block, only once ``_abort()`` returned False
         (when it returns True, the task simply re-raises: nothing was handed
         over, and this frame stays out of the traceback). Re-raises ``exc``,
-        unless a value was handed over and ``exc`` is a cancellation: then the
-        value is returned and the cancellation re-armed for the task's next
-        checkpoint. A value that the task cannot return (``exc`` is not a
-        cancellation) is given back to the owner through ``_on_abandon``.
+        unless something was handed over and ``exc`` is a cancellation: then the
+        value is returned, or the exception handed over raised, and the
+        cancellation re-armed for the task's next checkpoint. A value that the
+        task cannot return (``exc`` is not a cancellation) is given back to the
+        owner through ``_on_abandon``.
         """
         try:
+            binding = self._binding
             if self._state == VALUE:
                 # Handed over before the task could leave: never drop it.
                 value: T = self._result
-                binding = self._binding
                 if isinstance(exc, binding.cancelled):
                     binding.keep_cancellation(exc)
                     return value
                 self._on_abandon(value)
+            elif self._state == ERROR and isinstance(exc, binding.cancelled):
+                # An exception was handed over first (KeyCancelled, say): it
+                # wins, as a value would, and the cancellation comes next.
+                binding.keep_cancellation(exc)
+                return self._outcome()
             raise exc
         finally:
             # This frame is in exc's traceback: break the cycle.

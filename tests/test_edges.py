@@ -21,6 +21,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 from checkpoints import assert_yields
+from workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke, _backends
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
@@ -459,3 +460,88 @@ async def test_diatomic_waker_repr() -> None:
     assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker idle>"
     slot.register(Waker())
     assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker registered>"
+
+
+def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
+    """Two wake-ups race: the second reads the state (parked) before the first
+    moves it to woken, and makes its request while the first holds the lock.
+    The first serves that request too, and it adds nothing: one resumption."""
+    resumed: list[int] = []
+    second_checked = threading.Event()
+    first_done = threading.Event()
+
+    def pause_before_request(frame: Any, event: str, arg: object) -> Any:
+        # In the second thread only: stop wake() right after its state check.
+        if frame.f_code is Waker.wake.__code__:
+            if event == "line" and "_requested = True" in _line_of(frame):
+                second_checked.set()
+                assert first_done.wait(JOIN_TIMEOUT)
+            return pause_before_request
+        return None
+
+    def second_wake(waker: Waker) -> None:
+        sys.settrace(pause_before_request)
+        try:
+            waker.wake()
+        finally:
+            sys.settrace(None)
+
+    async def main() -> None:
+        waker = Waker()
+
+        async def parker() -> None:
+            await waker.park()
+            resumed.append(1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parker)
+            await anyio.wait_all_tasks_blocked()
+            second = Worker(lambda: second_wake(waker), "second waker")
+            second.start()
+            assert second_checked.wait(JOIN_TIMEOUT)  # it saw "parked"
+            # The first wake-up: while it holds the lock, having made the task
+            # woken, the second one goes on and finds the lock taken.
+            _hook(waker, releasing={0: lambda: (first_done.set(), second.finish())})
+            waker.wake()
+        assert _state(waker) == "idle"
+
+    anyio.run(main)
+    assert resumed == [1]
+
+
+def _line_of(frame: Any) -> str:
+    import linecache
+
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+
+
+async def test_two_predicates_interrupting_one_hand_over() -> None:
+    class Interrupt(BaseException):
+        pass
+
+    def interrupting(value: int) -> bool:
+        raise Interrupt(value)
+
+    wm: WaitMap[str, int] = WaitMap()
+    results: list[int] = []
+
+    async def waiter() -> None:
+        results.append(await wm.wait("k"))
+
+    async def interrupted() -> None:
+        with pytest.raises(KeyCancelled):
+            await wm.wait_for("k", interrupting)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(interrupted)
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        # The first interrupt reaches the caller once the hand-over is done:
+        # the plain waiter got the value, both interrupted ones still wait.
+        with pytest.raises(Interrupt):
+            wm.wake("k", 1)
+        await anyio.wait_all_tasks_blocked()
+        assert results == [1]
+        assert wm.statistics().tasks_waiting == 2
+        assert wm.cancel("k") == 2

@@ -19,6 +19,7 @@ same loop tick. Teardown ends every wait and checks nothing is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sys
 import threading
@@ -326,6 +327,10 @@ class WaitMapMachine(RuleBasedStateMachine):
                 raise
             except Exception as exc:
                 waiter.outcome = describe(exc)
+                # A cancellation that arrived after the exception was handed
+                # over is raised at the next checkpoint; swallowed as below.
+                with contextlib.suppress(cancelled):
+                    await anyio.lowlevel.checkpoint()
             else:
                 waiter.outcome = Returned(value)
                 # A cancellation that arrived after the hand-over must be raised
