@@ -545,3 +545,21 @@ async def test_two_predicates_interrupting_one_hand_over() -> None:
         assert results == [1]
         assert wm.statistics().tasks_waiting == 2
         assert wm.cancel("k") == 2
+
+
+def test_exception_thrown_in_after_an_exception_was_handed_over() -> None:
+    """Something other than a cancellation ends the task after cancel(key)
+    handed it KeyCancelled: that something is what the task raises; there is
+    no value to pass on."""
+
+    async def main() -> None:
+        wm: WaitMap[str, int] = WaitMap()
+        coro = wm.wait("k")
+        coro.send(None)  # parked by hand, so that an exception can be thrown in
+        assert wm.cancel("k") == 1
+        with pytest.raises(ValueError, match="thrown in"):
+            coro.throw(ValueError("thrown in"))
+        assert wm.statistics().tasks_waiting == 0
+        assert "k" not in wm
+
+    asyncio.run(main())
