@@ -4,6 +4,9 @@
     python3 dev.py demo [ARGS...]  run examples/rpc_mux.py (ARGS go to the demo)
     python3 dev.py test [ARGS...]  lint, type-check, run the tests (ARGS go to pytest;
                                    without ARGS, 100% branch coverage is required)
+    python3 dev.py bench [--quick] run every benchmark, keep the results in
+                                   benchmarks/results/ and redraw the chart
+                                   (--quick: a smoke run, results in a temp dir)
 
 Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
 this script if it does not exist yet, and installs what it needs into it; nothing
@@ -17,11 +20,22 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"demo": "demo", "test": "test"}
+EXTRAS = {"demo": "demo", "test": "test", "bench": "bench"}
+# Each benchmark script, and the arguments of a full run of it.
+BENCHMARKS = (
+    ("fanin", ["--rounds", "11"]),
+    ("wakers", ["--rounds", "11"]),
+    ("cancel_memory", ["--rounds", "9"]),
+    ("scale", ["--rounds", "3", "--large-rounds", "3", "--max-keys", "1000000"]),
+    ("rpc_tcp", ["--rounds", "5"]),
+    ("hotpath", ["--repeat", "5"]),
+    ("breakdown", []),
+)
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
@@ -97,27 +111,47 @@ def test(python: Path, args: list[str]) -> None:
         run(python, "-m", "coverage", "run", "-m", "pytest")
         run(python, "-m", "coverage", "report")
     # The benchmarks, briefly: this checks that they still run, not how fast.
-    benchmarks = (
-        "fanin.py",
-        "wakers.py",
-        "cancel_memory.py",
-        "scale.py",
-        "rpc_tcp.py",
-        "hotpath.py",
-        "breakdown.py",
-    )
-    for script in benchmarks:
-        run(python, ROOT / "benchmarks" / script, "--quick")
+    bench(python, ["--quick"])
+
+
+def bench(python: Path, args: list[str]) -> None:
+    quick = args == ["--quick"]
+    if args and not quick:
+        sys.exit(f"dev.py bench: unknown arguments {args}; only --quick is known")
+    results = Path(tempfile.mkdtemp()) if quick else ROOT / "benchmarks" / "results"
+    for name, full_run in BENCHMARKS:
+        command: list[str | Path] = [python, ROOT / "benchmarks" / f"{name}.py"]
+        command += ["--quick"] if quick else full_run
+        if name != "breakdown":  # it prints a table only
+            command += ["--json", results / f"{name}.json"]
+        print("+", " ".join(str(part) for part in command), flush=True)
+        # Shown as it runs, and kept next to the JSON.
+        with (
+            subprocess.Popen(
+                [str(part) for part in command],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            ) as process,
+            (results / f"{name}.txt").open("w") as printout,
+        ):
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stdout.write(line)
+                printout.write(line)
+        if process.returncode:
+            sys.exit(process.returncode)
+    run(python, ROOT / "benchmarks" / "chart.py", *(["--quick"] if quick else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["demo", "test"])
+    parser.add_argument("command", choices=["demo", "test", "bench"])
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args()
     python = ensure_venv(options.venv.resolve(), EXTRAS[options.command])
-    {"demo": demo, "test": test}[options.command](python, options.args)
+    {"demo": demo, "test": test, "bench": bench}[options.command](python, options.args)
 
 
 if __name__ == "__main__":
