@@ -325,11 +325,7 @@ class WaitMap(MutableMapping[K, V]):
                 # Compare key with the stored keys first: a key that fails to
                 # compare then fails here, before any task is handed the value.
                 self._data.get(key)
-                _, taken, interrupt = self._dispatch(key, value, entry)
-                if not taken:
-                    self._data[key] = value
-                if interrupt is not None:
-                    raise interrupt
+                self._hand_over_or_store(key, value, entry)
                 return
             self._data[key] = value
 
@@ -621,6 +617,17 @@ class WaitMap(MutableMapping[K, V]):
                 taken = taken or waiter.taker
         return woken, taken, interrupt
 
+    def _hand_over_or_store(
+        self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
+    ) -> None:
+        """Hand ``value`` to the waiters of ``key``, and store it unless a taker
+        took it; then raise what a predicate raised that is not an Exception."""
+        _, taken, interrupt = self._dispatch(key, value, entry)
+        if not taken:
+            self._data[key] = value
+        if interrupt is not None:
+            raise interrupt
+
     def _throw_all(self, make_error: Callable[[Any], BaseException]) -> int:
         waiting = self._waiting
         self._waiting = {}
@@ -645,10 +652,6 @@ class WaitMap(MutableMapping[K, V]):
                 return
             entry = self._waiting.get(key)
             if entry is not None and not self._closed:
-                _, taken, interrupt = self._dispatch(key, value, entry)
-                if not taken:
-                    self._data[key] = value
-                if interrupt is not None:
-                    raise interrupt
+                self._hand_over_or_store(key, value, entry)
                 return
             self._data[key] = value
