@@ -117,7 +117,7 @@ def current_binding(caller: str) -> Binding:
         # One read of an immutable pair, so no lock: right for the common case of
         # one loop, and never wrong when several threads run loops.
         last = _last
-        if last[0] is loop:
+        if last[0] is loop and _asyncio_current_task(loop) is not None:
             return last[1]
         return _asyncio_binding(loop, caller)
 

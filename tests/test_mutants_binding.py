@@ -1,0 +1,63 @@
+"""Which event loop and task a call belongs to, found the same way every time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from anyio_waitmap import WaitMap
+from anyio_waitmap.lowlevel import Waiter, Waker
+
+
+def _in_a_loop_callback(call: Callable[[], object]) -> BaseException | None:
+    """Run ``call()`` in a callback of a loop whose tasks already used the
+    package; return what it raised."""
+
+    async def main() -> BaseException | None:
+        wm: WaitMap[str, int] = WaitMap()
+        wm["k"] = 1
+        assert await wm.wait("k") == 1  # a task of this loop used the package
+        Waker()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[BaseException | None] = loop.create_future()
+
+        def callback() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                outcome.set_result(exc)
+            else:
+                outcome.set_result(None)
+
+        loop.call_soon(callback)
+        return await outcome
+
+    return asyncio.run(main())
+
+
+def _drive_one_step() -> None:
+    # A coroutine driven by hand from a callback is awaited outside any task.
+    wm: WaitMap[str, int] = WaitMap()
+    coro = wm.wait("k")
+    try:
+        coro.send(None)
+    finally:
+        coro.close()
+        assert wm.statistics().tasks_waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [("Waker", Waker), ("Waiter", Waiter), ("WaitMap.wait", _drive_one_step)],
+)
+def test_no_task_in_a_loop_callback_whatever_ran_before(
+    name: str, call: Callable[[], object]
+) -> None:
+    """Outside a task, these raise RuntimeError (as documented, and as they do
+    in a loop that no task has used yet), also in a loop whose tasks used the
+    package a moment before."""
+    error = _in_a_loop_callback(call)
+    assert isinstance(error, RuntimeError), f"{name}() did not raise: {error!r}"
+    assert str(error).startswith(f"{name}() must be awaited by a task")
