@@ -7,6 +7,9 @@
     python3 dev.py bench [--quick] run every benchmark, keep the results in
                                    benchmarks/results/ and redraw the chart
                                    (--quick: a smoke run, results in a temp dir)
+    python3 dev.py mutate [NAMES]  mutation testing of the package with mutmut
+                                   (configured in pyproject.toml; hours on 2
+                                   cores), then list the mutants that survived
 
 Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
 this script if it does not exist yet, and installs what it needs into it; nothing
@@ -25,7 +28,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"demo": "demo", "test": "test", "bench": "bench"}
+EXTRAS = {"demo": "demo", "test": "test", "bench": "bench", "mutate": "mutation"}
 # Each benchmark script, and the arguments of a full run of it.
 BENCHMARKS = (
     ("fanin", ["--rounds", "11"]),
@@ -144,14 +147,22 @@ def bench(python: Path, args: list[str]) -> None:
     run(python, ROOT / "benchmarks" / "chart.py", *(["--quick"] if quick else []))
 
 
+def mutate(python: Path, args: list[str]) -> None:
+    # NAMES (mutmut's mutant names, globs allowed) re-run only those mutants.
+    mutmut = python.parent / "mutmut"
+    run(mutmut, "run", "--max-children", str(os.cpu_count() or 1), *args)
+    run(mutmut, "results")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["demo", "test", "bench"])
+    parser.add_argument("command", choices=["demo", "test", "bench", "mutate"])
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args()
     python = ensure_venv(options.venv.resolve(), EXTRAS[options.command])
-    {"demo": demo, "test": test, "bench": bench}[options.command](python, options.args)
+    commands = {"demo": demo, "test": test, "bench": bench, "mutate": mutate}
+    commands[options.command](python, options.args)
 
 
 if __name__ == "__main__":
