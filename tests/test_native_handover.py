@@ -70,7 +70,11 @@ async def run_and_cancel(
     task.cancel("stop")
     with pytest.raises(asyncio.CancelledError) as info:
         await task
-    assert info.value.args == ("stop",)
+    if sys.version_info >= (3, 11):
+        # Awaiting a cancelled task passes the message on from 3.11 (before,
+        # the awaiter gets a CancelledError of its own, without it). Inside the
+        # task the message is checked on every version (see expected()).
+        assert info.value.args == ("stop",)
     assert task.cancelled()
     return events
 
@@ -175,7 +179,8 @@ def test_error_handed_over_then_cancel_raises_both_in_order(
         task.cancel("stop")
         with pytest.raises(asyncio.CancelledError) as info:
             await task
-        assert info.value.args == ("stop",)
+        if sys.version_info >= (3, 11):  # see run_and_cancel()
+            assert info.value.args == ("stop",)
         error = "KeyCancelled" if end == "cancel" else "WaitMapClosed"
         count = None if sys.version_info < (3, 11) else 1
         assert events == [(error, count), ("cancelled", ("stop",))]
