@@ -8,8 +8,8 @@
                                    benchmarks/results/ and redraw the chart
                                    (--quick: a smoke run, results in a temp dir)
     python3 dev.py mutate [NAMES]  mutation testing of the package with mutmut
-                                   (configured in pyproject.toml; hours on 2
-                                   cores), then list the mutants that survived
+                                   (configured in pyproject.toml; half an hour
+                                   or more), then list the mutants that survived
 
 Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
 this script if it does not exist yet, and installs what it needs into it; nothing
