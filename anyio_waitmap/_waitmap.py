@@ -127,13 +127,17 @@ class WaitMap(MutableMapping[K, V]):
             TypeError: ``key`` is not hashable.
         """
         binding = current_binding("WaitMap.wait")
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._closed:
                 self._refuse_closed("wait()")
             value = self._data.get(key, _MISSING)
             waiter = (
                 self._link(binding, key, None, False) if value is _MISSING else None
             )
+        finally:
+            lock.release()
         if waiter is not None:
             try:
                 await binding.park(waiter)
@@ -283,7 +287,9 @@ class WaitMap(MutableMapping[K, V]):
             # lock. A task that starts waiting at the same time comes after this
             # wake-up, as it would if it had taken the lock just after it.
             return NoMatch(value)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             entry = self._waiting.get(key)
             if self._closed:
                 return Closed(value)
@@ -297,6 +303,8 @@ class WaitMap(MutableMapping[K, V]):
                 self._tasks_waiting -= 1
                 return _WOKE_ONE if entry.wake_locked(value) else NoMatch(value)
             woken, _, interrupt = self._dispatch(key, value, entry)
+        finally:
+            lock.release()
         if interrupt is not None:
             raise interrupt
         if woken:

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import math
+import types
 from asyncio import (
     AbstractEventLoop,
     CancelledError,
     Future,
     Task,
     current_task,
-    sleep,
 )
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from anyio import current_effective_deadline
-from anyio.lowlevel import (
-    checkpoint,
-    checkpoint_if_cancelled,
-)
+from anyio.lowlevel import checkpoint_if_cancelled
+
+try:
+    # anyio's asyncio backend, found once: anyio.lowlevel's functions look the
+    # backend up again on every call, which costs more than the check itself.
+    from anyio._core._eventloop import get_async_backend
+
+    _checkpoint_if_cancelled: Callable[[], Awaitable[None]] = get_async_backend(
+        "asyncio"
+    ).checkpoint_if_cancelled
+except (ImportError, AttributeError, LookupError):  # pragma: no cover - other anyio
+    _checkpoint_if_cancelled = checkpoint_if_cancelled
 
 if TYPE_CHECKING:
     from ._base import Parkable
@@ -27,6 +35,14 @@ if TYPE_CHECKING:
 
 # Task.uncancel() exists from Python 3.11 on; before, there is no count to keep.
 _uncancel: Callable[[Task[Any]], object] = getattr(Task, "uncancel", lambda task: None)
+
+
+@types.coroutine
+def _yield() -> Generator[None, None, None]:
+    # A bare yield: the task runs again after one turn of the loop. This is what
+    # asyncio.sleep(0) does, and what anyio's checkpoint() does on asyncio,
+    # without the frames in between.
+    yield
 
 
 def _release(future: Future[None]) -> None:
@@ -86,11 +102,12 @@ class AsyncioBinding:
         _uncancel(task)
         task.cancel(message)
 
-    async def checkpoint(self) -> None:
-        await checkpoint()
+    # anyio's checkpoint on asyncio is a bare yield: at it, a task in a
+    # cancelled anyio scope receives that scope's cancellation, and a native
+    # cancellation is raised.
+    checkpoint = staticmethod(_yield)
 
-    async def checkpoint_if_cancelled(self) -> None:
-        await checkpoint_if_cancelled()
+    checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
 
     async def yield_keeping_value(self) -> None:
         # A bare yield, cheaper than anyio's shielded checkpoint (which enters a
@@ -98,6 +115,6 @@ class AsyncioBinding:
         # re-armed. An anyio scope keeps delivering its cancellation by itself
         # until it exits, so keep_cancellation() only re-arms native ones.
         try:
-            await sleep(0)
+            await _yield()
         except CancelledError as exc:
             self.keep_cancellation(exc)

@@ -59,15 +59,21 @@ class Binding(Protocol):
         The cancellation is then raised at the task's next checkpoint.
         """
 
-    async def checkpoint(self) -> None:
+    # The three checkpoints return what to await (as park() does), so that a
+    # binding can hand out the backend's own coroutine with no frame in between.
+
+    def checkpoint(self) -> Awaitable[None]:
         """Check for cancellation and let other tasks run."""
+        ...
 
-    async def checkpoint_if_cancelled(self) -> None:
+    def checkpoint_if_cancelled(self) -> Awaitable[None]:
         """Raise the cancellation if the task is cancelled; do not otherwise yield."""
+        ...
 
-    async def yield_keeping_value(self) -> None:
+    def yield_keeping_value(self) -> Awaitable[None]:
         """Let other tasks run without raising a cancellation.
 
         Used after a value was consumed: a cancellation that arrives meanwhile is
         re-armed for the next checkpoint instead of losing the value.
         """
+        ...

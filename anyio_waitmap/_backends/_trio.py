@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from trio.lowlevel import (
     Abort,
     RaiseCancelT,
@@ -15,6 +14,8 @@ from trio.lowlevel import (
     Task,
     TrioToken,
     cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
     current_task,
     current_trio_token,
     enable_ki_protection,
@@ -76,14 +77,11 @@ class TrioBinding:
         # cancellation and trio delivers it at the next checkpoint by itself.
         raise AssertionError("unreachable on trio")
 
-    async def checkpoint(self) -> None:
-        await checkpoint()
-
-    async def checkpoint_if_cancelled(self) -> None:
-        await checkpoint_if_cancelled()
-
-    async def yield_keeping_value(self) -> None:
-        await cancel_shielded_checkpoint()
+    # What anyio's checkpoints do on trio, called directly: anyio would look the
+    # backend up again on every call.
+    checkpoint = staticmethod(checkpoint)
+    checkpoint_if_cancelled = staticmethod(checkpoint_if_cancelled)
+    yield_keeping_value = staticmethod(cancel_shielded_checkpoint)
 
 
 _binding: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
