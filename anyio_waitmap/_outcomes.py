@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeAlias, TypeVar, final
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, final
 
 V = TypeVar("V")
 
@@ -31,6 +32,17 @@ class NoMatch(Generic[V]):
 
     def __bool__(self) -> Literal[False]:
         return False
+
+
+# WaitMap.wake() on a key nobody waits on returns a fresh NoMatch, and that is
+# its common case (a late reply). NoMatch(value) runs the generated __init__, a
+# Python frame that stores the field with object.__setattr__; wake() makes the
+# same object with these two C calls instead: new_outcome(NoMatch), then
+# store_no_match_value(outcome, value).
+new_outcome: Final[Callable[[type[NoMatch[Any]]], NoMatch[Any]]] = object.__new__
+store_no_match_value: Final[Callable[[NoMatch[Any], object], None]] = vars(NoMatch)[
+    "value"
+].__set__
 
 
 @final

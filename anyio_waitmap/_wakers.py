@@ -99,7 +99,9 @@ class Waker:
         parks next re-checks what it waits for anyway.
         """
         binding = self._binding
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             notified = self._state == _NOTIFIED
             if notified:
                 self._state = _IDLE
@@ -107,6 +109,8 @@ class Waker:
                 # The handle first: if making it fails, the waker stays idle.
                 self._handle = binding.new_handle()
                 self._state = _PARKED
+        finally:
+            lock.release()
         if self._requested:
             # Requested before or while we held the lock, and so ours to serve. If
             # we are about to park, take the wake-up here instead; otherwise keep
@@ -121,9 +125,11 @@ class Waker:
         try:
             await binding.park(self)
         finally:
-            with self._lock:
-                self._state = _IDLE
-                self._handle = None
+            lock = self._lock
+            lock.acquire()
+            self._state = _IDLE
+            self._handle = None
+            lock.release()
             self._serve()
 
     def _unpark_self(self) -> bool:

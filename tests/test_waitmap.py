@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import pickle
 import sys
 import weakref
 from collections import Counter
@@ -188,6 +189,28 @@ class TestMapping:
         wm: WaitMap[int, str] = WaitMap()
         assert wm.wake(1, "v") == NoMatch("v")
         assert 1 not in wm
+
+    def test_wake_without_waiters_returns_a_whole_nomatch(self) -> None:
+        # That path builds its NoMatch without calling NoMatch(): it must be
+        # indistinguishable from one that was.
+        wm: WaitMap[int, list[int]] = WaitMap()
+        value = [1]
+        outcome = wm.wake(1, value)
+        assert type(outcome) is NoMatch
+        assert outcome.value is value
+        assert outcome == NoMatch([1])
+        assert repr(outcome) == "NoMatch(value=[1])"
+        assert not outcome
+        match outcome:
+            case NoMatch(found):
+                assert found is value
+            case _:  # pragma: no cover - the assertion above would fail first
+                pytest.fail("not matched as NoMatch")
+        with pytest.raises(AttributeError):
+            outcome.value = [2]  # type: ignore[misc]
+        assert pickle.loads(pickle.dumps(outcome)) == outcome
+        other = wm.wake(2, (1, 2))
+        assert hash(other) == hash(NoMatch((1, 2)))
 
 
 # -- waiting and handing over ---------------------------------------------------

@@ -165,14 +165,20 @@ class _CloseOnSecondAcquire:
         self._lock = wm._lock  # pyright: ignore[reportPrivateUsage]
         self._count = 0
 
-    def __enter__(self) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         self._count += 1
         if self._count == 2:
             self._wm.close()
-        return self._lock.__enter__()
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._lock.__exit__(*exc_info)
+        self.release()
 
 
 async def test_take_closed_between_its_check_and_the_value() -> None:
