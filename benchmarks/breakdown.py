@@ -24,7 +24,10 @@ import timeit
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import uvloop
+from anyio._core._eventloop import get_async_backend
 
 from anyio_waitmap import NoMatch, WaitMap
 from anyio_waitmap._backends import current_binding
@@ -55,6 +58,19 @@ async def measure(number: int, repeat: int) -> list[tuple[str, str, float]]:
     def with_rlock() -> None:
         with rlock:
             pass
+
+    def rlock_acquire_release() -> None:
+        rlock.acquire()
+        rlock.release()
+
+    def drive(coroutine: Coroutine[Any, Any, None]) -> None:
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            return
+        raise AssertionError("the check yielded: is the task cancelled?")
+
+    backend_check = get_async_backend("asyncio").checkpoint_if_cancelled
 
     def set_result() -> None:
         loop.create_future().set_result(None)
@@ -90,7 +106,18 @@ async def measure(number: int, repeat: int) -> list[tuple[str, str, float]]:
     rows: list[tuple[str, str, Callable[[], object]]] = [
         ("block", "dict.pop(key, None), missing key", lambda: plain.pop(1, None)),
         ("block", "with threading.Lock()", with_lock),
-        ("block", "with threading.RLock() (the map's)", with_rlock),
+        ("block", "with threading.RLock()", with_rlock),
+        ("block", "RLock acquire() + release() (the map's)", rlock_acquire_release),
+        (
+            "block",
+            "anyio.lowlevel.checkpoint_if_cancelled(), plain task",
+            lambda: drive(anyio.lowlevel.checkpoint_if_cancelled()),
+        ),
+        (
+            "block",
+            "the same, anyio's backend found once",
+            lambda: drive(backend_check()),
+        ),
         ("block", "find the running loop's binding", lambda: current_binding("x")),
         ("block", "loop.create_future()", loop.create_future),
         ("block", "create_future() + set_result()", set_result),
