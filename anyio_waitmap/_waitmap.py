@@ -116,10 +116,13 @@ class WaitMap(MutableMapping[K, V]):
         self._closed = False
         self._dispatching = False
 
-    # The lock is taken with acquire() and released in a finally clause on the
-    # hot paths (wait, take, wait_for, wake, storing): a with statement costs
-    # twice as much. On trio, these methods are protected from
-    # KeyboardInterrupt, so nothing can interrupt them between the two.
+    # On the hot paths (wait, take, wait_for, wake, storing) the lock is taken
+    # with acquire() and released in a finally clause: a with statement costs
+    # twice as much. The one difference, an exception raised by a signal
+    # handler just after acquire() returns, cannot happen on trio (these
+    # methods are protected from KeyboardInterrupt) nor under asyncio.run
+    # (Ctrl+C cancels the main task instead); elsewhere, such an exception could
+    # as well interrupt the update the lock guards.
 
     # -- waiting ---------------------------------------------------------------------
 
