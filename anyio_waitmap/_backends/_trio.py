@@ -52,13 +52,15 @@ class TrioBinding:
         return wait_task_rescheduled(abort)  # noqa: ASYNC105
 
     def unpark(self, handle: Task) -> bool:
-        if threading.get_ident() == self._thread and in_trio_run():
+        if threading.get_ident() == self._thread:
             try:
                 running = current_task()
             except RuntimeError:
-                # Called by the run loop itself, between tasks (from an
-                # instrument or a signal handler, say): the loop may be about to
-                # sleep on I/O, so it must be woken through its token.
+                # No task is running in this thread: the run has finished (the
+                # token says so below), or the run loop itself calls, between
+                # tasks (from an instrument or a signal handler, say). The loop
+                # may be about to sleep on I/O, so it must be woken through its
+                # token.
                 running = handle
             if running is not handle:
                 reschedule(handle)
