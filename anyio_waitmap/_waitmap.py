@@ -25,7 +25,7 @@ from ._outcomes import (
     new_outcome,
     store_no_match_value,
 )
-from ._parking import PENDING, ParkedTask, new_lock
+from ._parking import DEAD, PENDING, VALUE, ParkedTask, new_lock
 
 if TYPE_CHECKING:
     from ._backends._base import Binding
@@ -124,6 +124,9 @@ class WaitMap(MutableMapping[K, V]):
     # (Ctrl+C cancels the main task instead); elsewhere, such an exception could
     # as well interrupt the update the lock guards.
 
+    # After a wait, `if waiter._state == VALUE: return waiter._result` is
+    # waiter._outcome()'s common case, inlined to save a call per hand-over.
+
     # -- waiting ---------------------------------------------------------------------
 
     async def wait(self, key: K) -> V:
@@ -161,6 +164,8 @@ class WaitMap(MutableMapping[K, V]):
                 if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                     raise  # it left before anything was handed over
                 return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+            if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
+                return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
             return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
         await binding.checkpoint()
         return cast("V", value)
@@ -219,6 +224,8 @@ class WaitMap(MutableMapping[K, V]):
             if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                 raise  # it left before anything was handed over
             return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+        if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
+            return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
         return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
 
     async def wait_for(self, key: K, predicate: Callable[[V], object]) -> V:
@@ -283,6 +290,8 @@ class WaitMap(MutableMapping[K, V]):
                 if waiter._abort():  # pyright: ignore[reportPrivateUsage]
                     raise  # it left before anything was handed over
                 return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+            if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
+                return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
             return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
         await binding.checkpoint()
         return cast("V", value)
@@ -330,7 +339,14 @@ class WaitMap(MutableMapping[K, V]):
                 # One waiter that takes any value: the common case, inlined.
                 del self._waiting[key]
                 self._tasks_waiting -= 1
-                return _WOKE_ONE if entry.wake_locked(value) else NoMatch(value)
+                # ParkedTask.wake_locked(), inlined: a linked waiter is pending.
+                entry._result = value  # pyright: ignore[reportPrivateUsage]
+                entry._state = VALUE  # pyright: ignore[reportPrivateUsage]
+                if entry._binding.unpark(entry._handle):  # pyright: ignore[reportPrivateUsage]
+                    return _WOKE_ONE
+                entry._state = DEAD  # pyright: ignore[reportPrivateUsage]
+                entry._result = None  # pyright: ignore[reportPrivateUsage]
+                return NoMatch(value)
             woken, _, interrupt = self._dispatch(key, value, entry)
         finally:
             lock.release()

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from asyncio import AbstractEventLoop
-from asyncio import current_task as _asyncio_current_task
+from asyncio import AbstractEventLoop, current_task, tasks
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
 from collections.abc import Callable
 from importlib import import_module
@@ -29,6 +28,16 @@ if TYPE_CHECKING:
     from ._base import Binding
 
 __all__ = ["current_binding", "ki_protected", "load_trio_support"]
+
+# The task an asyncio loop is running, or None. Before Python 3.12,
+# asyncio.current_task is a Python function that reads this dictionary; reading
+# it directly saves a frame on every wait.
+_current_tasks: object = getattr(tasks, "_current_tasks", None)
+_asyncio_current_task: Callable[[AbstractEventLoop], object] = (
+    cast("dict[AbstractEventLoop, object]", _current_tasks).get
+    if isinstance(current_task, FunctionType) and isinstance(_current_tasks, dict)
+    else current_task
+)
 
 _C = TypeVar("_C", bound=type)
 # Functions whose code trio must treat as KeyboardInterrupt-protected; handed to
