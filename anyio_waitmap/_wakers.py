@@ -130,7 +130,8 @@ class Waker:
             self._state = _IDLE
             self._handle = None
             lock.release()
-            self._serve()
+            if self._requested:
+                self._serve()
 
     def _unpark_self(self) -> bool:
         # True if the task took the requested wake-up before parking; False if

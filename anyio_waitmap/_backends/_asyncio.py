@@ -45,6 +45,18 @@ def _yield() -> Generator[None, None, None]:
     yield
 
 
+@types.coroutine
+def _yield_keeping_value(binding: AsyncioBinding) -> Generator[None, None, None]:
+    # A bare yield, cheaper than anyio's shielded checkpoint (which enters a
+    # shielded scope): a cancellation that arrives meanwhile is caught and
+    # re-armed. An anyio scope keeps delivering its cancellation by itself until
+    # it exits, so keep_cancellation() only re-arms native ones.
+    try:
+        yield
+    except CancelledError as exc:
+        binding.keep_cancellation(exc)
+
+
 def _release(future: Future[None]) -> None:
     # Runs in the loop thread, scheduled from another thread. The future may have
     # been cancelled meanwhile (its task was cancelled); the task then sees that
@@ -109,12 +121,5 @@ class AsyncioBinding:
 
     checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
 
-    async def yield_keeping_value(self) -> None:
-        # A bare yield, cheaper than anyio's shielded checkpoint (which enters a
-        # shielded scope): a cancellation that arrives meanwhile is caught and
-        # re-armed. An anyio scope keeps delivering its cancellation by itself
-        # until it exits, so keep_cancellation() only re-arms native ones.
-        try:
-            await _yield()
-        except CancelledError as exc:
-            self.keep_cancellation(exc)
+    def yield_keeping_value(self) -> Awaitable[None]:
+        return _yield_keeping_value(self)
