@@ -32,6 +32,8 @@ OUT = HERE.parent / "docs" / "_static" / "benchmarks.png"
 LABELS = {
     "asyncio_raw_futures": "raw: futures / trio reschedule",
     "trio_raw_reschedule": "raw: futures / trio reschedule",
+    "asyncio_floor": "floor: the least thread-safe hand-over",
+    "trio_floor": "floor: the least thread-safe hand-over",
     "asyncio_waitmap": "WaitMap wait + wake",
     "trio_waitmap": "WaitMap wait + wake",
     "asyncio_anyio_event": "anyio.Event + slot",

@@ -6,8 +6,13 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from anyio._core._eventloop import get_async_backend
 
 from anyio_waitmap import WaitMap
+from anyio_waitmap._backends import (
+    _asyncio,
+    _asyncio_current_task,  # pyright: ignore[reportPrivateUsage]
+)
 from anyio_waitmap.lowlevel import Waiter, Waker
 
 
@@ -61,3 +66,22 @@ def test_no_task_in_a_loop_callback_whatever_ran_before(
     error = _in_a_loop_callback(call)
     assert isinstance(error, RuntimeError), f"{name}() did not raise: {error!r}"
     assert str(error).startswith(f"{name}() must be awaited by a task")
+
+
+def test_asyncio_checks_cancellation_with_anyio_backend_found_once() -> None:
+    # The fallback, anyio.lowlevel's own function, is correct but looks the
+    # backend up on every call: a change of anyio that forces it shows here.
+    expected = get_async_backend("asyncio").checkpoint_if_cancelled
+    assert _asyncio.AsyncioBinding.checkpoint_if_cancelled == expected
+
+
+def test_asyncio_current_task_lookup_matches_asyncio() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert _asyncio_current_task(loop) is asyncio.current_task()
+        seen: list[object] = []
+        loop.call_soon(lambda: seen.append(_asyncio_current_task(loop)))
+        await asyncio.sleep(0)
+        assert seen == [None]
+
+    asyncio.run(main())
