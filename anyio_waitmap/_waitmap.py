@@ -119,10 +119,11 @@ class WaitMap(MutableMapping[K, V]):
     # On the hot paths (wait, take, wait_for, wake, storing) the lock is taken
     # with acquire() and released in a finally clause: a with statement costs
     # twice as much. The one difference, an exception raised by a signal
-    # handler just after acquire() returns, cannot happen on trio (these
-    # methods are protected from KeyboardInterrupt) nor under asyncio.run
-    # (Ctrl+C cancels the main task instead); elsewhere, such an exception could
-    # as well interrupt the update the lock guards.
+    # handler just after acquire() returns, which would leave the lock held,
+    # cannot happen on trio (these methods are protected from
+    # KeyboardInterrupt) nor under asyncio.run on Python 3.11+ (Ctrl+C cancels
+    # the main task instead). Elsewhere such an exception could as well
+    # interrupt the update the lock guards, which no lock protects against.
 
     # After a wait, `if waiter._state == VALUE: return waiter._result` is
     # waiter._outcome()'s common case, inlined to save a call per hand-over.
