@@ -21,12 +21,15 @@ from anyio.lowlevel import checkpoint_if_cancelled
 try:
     # anyio's asyncio backend, found once: anyio.lowlevel's functions look the
     # backend up again on every call, which costs more than the check itself.
+    # This reaches into anyio (checked with 4.11 and 4.16). Should a later anyio
+    # move it, the public function below makes the same check, only slower, and
+    # tests/test_binding.py says so.
     from anyio._core._eventloop import get_async_backend
 
     _checkpoint_if_cancelled: Callable[[], Awaitable[None]] = get_async_backend(
         "asyncio"
     ).checkpoint_if_cancelled
-except (ImportError, AttributeError, LookupError):  # pragma: no cover - other anyio
+except (ImportError, AttributeError, LookupError, TypeError):  # pragma: no cover
     _checkpoint_if_cancelled = checkpoint_if_cancelled
 
 if TYPE_CHECKING:
