@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar, final
+from typing import TYPE_CHECKING, ClassVar, Final, TypeVar, final
+
+import anyio
 
 from ._backends import current_binding, ki_protected, load_trio_support
 
@@ -125,13 +127,23 @@ class Waker:
         try:
             await binding.park(self)
         finally:
-            lock = self._lock
-            lock.acquire()
-            self._state = _IDLE
-            self._handle = None
-            lock.release()
-            if self._requested:
-                self._serve()
+            # Set by a wake-up while the task was parked.
+            if self._state == _WOKEN:  # pyright: ignore[reportUnnecessaryComparison]
+                # Resumed by a wake-up (and perhaps cancelled too): only this task
+                # moves the state on from WOKEN, since _serve() and wake() leave
+                # it alone, so no lock is needed.
+                self._state = _IDLE
+                self._handle = None
+            else:
+                # Cancelled while parked, or aborted (trio): a wake-up may be
+                # deciding under the lock right now.
+                lock = self._lock
+                lock.acquire()
+                self._state = _IDLE
+                self._handle = None
+                lock.release()
+                if self._requested:
+                    self._serve()
 
     def _unpark_self(self) -> bool:
         # True if the task took the requested wake-up before parking; False if
@@ -218,9 +230,110 @@ class AtomicWaker:
         return f"<anyio_waitmap.lowlevel.AtomicWaker {state}>"
 
 
+@ki_protected
+class ConsumerSlot:
+    """What :class:`DiatomicWaker` and :class:`~anyio_waitmap.WakeSink` share:
+    the slot for the consumer's waker, and the consumer's and the notifiers'
+    sides of the protocol.
+
+    The two classes inherit these methods rather than one calling the other, so
+    that ``WakeSink.wait_until`` is a single coroutine frame: every resumption
+    of the consumer passes through each frame of the chain it awaits in.
+    """
+
+    __slots__ = ("_cached", "_closed", "_consumer", "_waker")
+
+    #: How wait_until() names itself in an error message.
+    _wait_until_name: ClassVar[str]
+
+    def __init__(self) -> None:
+        load_trio_support()
+        # The registered waker, which notify() wakes: one reference, stored and
+        # read without a lock.
+        self._waker: Waker | None = None
+        # The waker wait_until() used last, reused while the loop stays the same.
+        self._cached: Waker | None = None
+        # One token, which the waiting task holds: list.pop() and list.append()
+        # are atomic, and cheaper than a lock's acquire(False) and release().
+        self._consumer: list[None] = [None]
+        self._closed = False  # set only by WakeSink.close()
+
+    def notify(self) -> None:
+        """Make the waiting task check its predicate again, if a task is waiting.
+
+        Never blocks; callable from any thread, and from a signal handler. Costs
+        one read when no task waits.
+        """
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+
+    async def wait_until(self, predicate: Callable[[], T | None]) -> T:
+        """Return the first value other than ``None`` that ``predicate`` returns.
+
+        ``predicate`` is called in the waiting task: once right away, once more
+        after the task is registered for notifications (so that a notification
+        between the two is not missed), and again after every notification. It
+        may consume what it finds (``deque.popleft``): the value it returns is
+        never lost to a cancellation.
+
+        This is a checkpoint on every path. If the task is cancelled while
+        waiting, it leaves nothing registered; if ``predicate`` had already
+        returned a value, that value is returned and the cancellation is raised
+        at the task's next checkpoint.
+
+        Raises:
+            TypeError: ``predicate`` is not callable.
+            anyio.BusyResourceError: another task is already waiting here.
+            anyio.ClosedResourceError: the :class:`~anyio_waitmap.WakeSink` is or
+                gets closed.
+            Exception: whatever ``predicate`` raised; nothing stays registered.
+        """
+        if not callable(predicate):
+            raise TypeError(
+                f"wait_until() needs a callable predicate, got "
+                f"{type(predicate).__name__!r} object"
+            )
+        consumer = self._consumer
+        try:
+            consumer.pop()
+        except IndexError:
+            # anyio words it: "Another task is already waiting on this resource".
+            raise anyio.BusyResourceError("waiting on") from None
+        try:
+            if self._closed:
+                raise anyio.ClosedResourceError("the WakeSink is closed")
+            binding = current_binding(self._wait_until_name)
+            await binding.checkpoint_if_cancelled()
+            value = predicate()
+            if value is not None:
+                await binding.yield_keeping_value()
+                return value
+            waker = self._cached
+            if waker is None or waker._binding is not binding:  # pyright: ignore[reportPrivateUsage]
+                waker = self._cached = Waker()
+            self._waker = waker
+            try:
+                while True:
+                    # Also right after registering: a close() before that found
+                    # nothing to wake.
+                    if self._closed:
+                        raise anyio.ClosedResourceError(
+                            "the WakeSink was closed while a task was waiting on it"
+                        )
+                    value = predicate()
+                    if value is not None:
+                        return value
+                    await waker.park()
+            finally:
+                self._waker = None
+        finally:
+            consumer.append(None)
+
+
 @final
 @ki_protected
-class DiatomicWaker:
+class DiatomicWaker(ConsumerSlot):
     """One consumer waits until a condition holds; any thread notifies it.
 
     The protocol, and why it loses no notification and makes nobody wait, is
@@ -228,14 +341,9 @@ class DiatomicWaker:
     :class:`~anyio_waitmap.WakeSink` is the high-level interface built on it.
     """
 
-    __slots__ = ("_cached", "_notifying", "_requested", "_waker")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        load_trio_support()
-        self._waker: Waker | None = None
-        self._cached: Waker | None = None
-        self._notifying = threading.Lock()
-        self._requested = False
+    _wait_until_name = "DiatomicWaker.wait_until"
 
     def register(self, waker: Waker) -> None:
         """Make ``waker`` the one that :meth:`notify` wakes. Never blocks."""
@@ -250,25 +358,6 @@ class DiatomicWaker:
         """Whether a waker is registered."""
         return self._waker is not None
 
-    def notify(self) -> None:
-        """Wake the registered waker, if any. Never blocks; any thread."""
-        if self._waker is None:
-            return
-        self._requested = True
-        notifying = self._notifying
-        while notifying.acquire(False):
-            try:
-                self._requested = False
-                waker = self._waker
-                # The consumer may have unregistered since the first read.
-                if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
-                    waker.wake()
-            finally:
-                notifying.release()
-            if not self._requested:
-                return
-        # Another notifier holds the right to notify: it will see the request.
-
     def waker(self) -> Waker:
         """A waker for the running event loop: the last one used, if it is one.
 
@@ -279,40 +368,6 @@ class DiatomicWaker:
         if waker is None or not waker.usable_here():
             waker = self._cached = Waker()
         return waker
-
-    async def wait_until(self, predicate: Callable[[], T | None]) -> T:
-        """Return the first value other than ``None`` that ``predicate`` returns.
-
-        ``predicate`` runs now, then again after every notification, in the
-        waiting task. Only one task may wait at a time (this is not checked
-        here; :class:`~anyio_waitmap.WakeSink` checks it).
-
-        This is a checkpoint. A value that ``predicate`` returned is returned
-        even if a cancellation arrives at the same time; the cancellation then
-        takes effect at the next checkpoint. However it leaves, the task leaves
-        nothing registered.
-
-        Raises:
-            Exception: whatever ``predicate`` raised.
-        """
-        binding = current_binding("DiatomicWaker.wait_until")
-        await binding.checkpoint_if_cancelled()
-        value = predicate()
-        if value is not None:
-            await binding.yield_keeping_value()
-            return value
-        waker = self._cached
-        if waker is None or waker._binding is not binding:  # pyright: ignore[reportPrivateUsage]
-            waker = self._cached = Waker()
-        self._waker = waker
-        try:
-            while True:
-                value = predicate()
-                if value is not None:
-                    return value
-                await waker.park()
-        finally:
-            self._waker = None
 
     def __repr__(self) -> str:
         state = "idle" if self._waker is None else "registered"

@@ -13,8 +13,8 @@ Wakers: wake a task again and again, from any thread
 ----------------------------------------------------
 
 A :class:`Waker` belongs to one event loop. One task of that loop at a time
-parks on it; anyone wakes it. It has four states, changed only under its own
-small lock:
+parks on it; anyone wakes it. It has four states, changed under its own small
+lock (with one exception, below):
 
 ``IDLE``
     The task is not parked and no wake-up is pending.
@@ -42,15 +42,18 @@ handler that interrupted the waker's own task in the middle of
 :meth:`Waker.park`; if the task takes the request there, before it parks, it
 returns at once instead of parking. That is the coalescing: any
 number of wake-ups between two resumptions cost one resumption and at most one
-cross-thread call. When ``park()`` returns, the state is ``IDLE`` again. A
+cross-thread call. When ``park()`` returns, the state is ``IDLE`` again; from
+``WOKEN`` the task moves it there without the lock, since nobody else moves a
+waker out of ``WOKEN``. A
 wake-up that was folded into a pending one happened before the task resumed, so
 whatever the task checks after ``park()`` returns already sees its effects.
 
 :class:`AtomicWaker` and :class:`DiatomicWaker` hold the waker of the task that
 wants to be woken, so that producers can find it. Both rely only on operations
-that are atomic without the GIL: a lock, a non-blocking lock acquisition, and
-single reads and writes of an object reference (a reference is one machine word:
-a reader sees the old object or the new one, never a mix).
+that are atomic without the GIL: a lock, a non-blocking lock acquisition, a
+list's ``pop()`` and ``append()``, and single reads and writes of an object
+reference (a reference is one machine word: a reader sees the old object or the
+new one, never a mix).
 
 The :class:`DiatomicWaker` protocol
 -----------------------------------
@@ -71,11 +74,18 @@ waker's ``NOTIFIED`` state makes that park return at once).
 
 Why nobody waits on anybody: registering and unregistering are single stores
 that never take a lock, so the consumer never makes a notifier wait, and a
-notifier never delays a consumer that registers. Notifiers do not wait on each
-other either: one of them holds the right to notify (a lock taken without
-blocking); the others set a "requested" flag and leave, and the holder, after
-releasing, looks at the flag and notifies once more for all of them. A notify
-with nobody registered is one read of the slot.
+notifier never delays a consumer that registers. A notify is a read of the slot
+and a :meth:`Waker.wake`, which never waits (see above), so notifiers do not
+wait on each other either, and their wake-ups coalesce in the waker. A notifier
+may read a waker just before the consumer unregisters it and wake it late: that
+only makes the consumer's next :meth:`Waker.park` on it return at once, and the
+consumer checks its predicate again. A notify with nobody registered is one
+read of the slot.
+
+:meth:`~DiatomicWaker.wait_until` keeps to one consumer with a one-element list
+of which the waiting task pops the element and pushes it back when it leaves:
+``list.pop()`` and ``list.append()`` are atomic, so a second consumer finds the
+list empty and is refused.
 
 The Rust ``diatomic-waker`` crate needs two waker slots, because there a waker
 is several words that a notifier copies while the consumer may replace it; a

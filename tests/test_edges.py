@@ -134,24 +134,6 @@ class TestWakeWhileTheLockIsHeld:
         assert lock.acquisitions >= 3
         assert _state(waker) == "idle"
 
-    async def test_request_during_cleanup_after_a_wake_up(self) -> None:
-        waker = Waker()
-        parked = anyio.Event()
-
-        async def parker() -> None:
-            parked.set()
-            await waker.park()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(parker)
-            await parked.wait()
-            await anyio.wait_all_tasks_blocked()
-            # A wake-up arrives once the task's clean-up after the first one has
-            # made the waker idle, before it released the lock.
-            _hook(waker, releasing={1: waker.wake})
-            waker.wake()
-        assert _state(waker) == "notified"
-
 
 async def test_wake_ups_while_one_is_due_take_no_lock() -> None:
     waker = Waker()
@@ -161,6 +143,30 @@ async def test_wake_ups_while_one_is_due_take_no_lock() -> None:
         waker.wake()  # notified already: folded into the pending one
     assert lock.acquisitions == 0
     await waker.park()
+    assert _state(waker) == "idle"
+
+
+async def test_cleanup_after_a_wake_up_takes_no_lock() -> None:
+    """Once a wake-up has resumed the task, only the task moves the waker on
+    from woken: a wake-up meanwhile is folded into the resumption, and the
+    task's clean-up needs no lock."""
+    waker = Waker()
+    resumed = 0
+
+    async def parker() -> None:
+        nonlocal resumed
+        await waker.park()
+        resumed += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        waker.wake()
+        lock = _hook(waker)
+        waker.wake()
+        assert _state(waker) == "woken"
+    assert resumed == 1
+    assert lock.acquisitions == 0
     assert _state(waker) == "idle"
 
 
@@ -462,6 +468,33 @@ async def test_diatomic_waker_repr() -> None:
     assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker registered>"
 
 
+def _wake_pausing_after_its_state_check(
+    waker: Waker, checked: threading.Event, go_on: threading.Event
+) -> Worker[None]:
+    """Start a thread whose wake() stops right after it read the state (parked,
+    say) until ``go_on`` is set; ``checked`` is set when it stops there."""
+
+    def pause_before_request(frame: Any, event: str, arg: object) -> Any:
+        if frame.f_code is Waker.wake.__code__:
+            if event == "line" and "_requested = True" in _line_of(frame):
+                checked.set()
+                assert go_on.wait(JOIN_TIMEOUT)
+            return pause_before_request
+        return None
+
+    def wake() -> None:
+        sys.settrace(pause_before_request)
+        try:
+            waker.wake()
+        finally:
+            sys.settrace(None)
+
+    worker = Worker(wake, "paused waker")
+    worker.start()
+    assert checked.wait(JOIN_TIMEOUT)
+    return worker
+
+
 def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
     """Two wake-ups race: the second reads the state (parked) before the first
     moves it to woken, and makes its request while the first holds the lock.
@@ -469,22 +502,6 @@ def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
     resumed: list[int] = []
     second_checked = threading.Event()
     first_done = threading.Event()
-
-    def pause_before_request(frame: Any, event: str, arg: object) -> Any:
-        # In the second thread only: stop wake() right after its state check.
-        if frame.f_code is Waker.wake.__code__:
-            if event == "line" and "_requested = True" in _line_of(frame):
-                second_checked.set()
-                assert first_done.wait(JOIN_TIMEOUT)
-            return pause_before_request
-        return None
-
-    def second_wake(waker: Waker) -> None:
-        sys.settrace(pause_before_request)
-        try:
-            waker.wake()
-        finally:
-            sys.settrace(None)
 
     async def main() -> None:
         waker = Waker()
@@ -496,9 +513,10 @@ def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(parker)
             await anyio.wait_all_tasks_blocked()
-            second = Worker(lambda: second_wake(waker), "second waker")
-            second.start()
-            assert second_checked.wait(JOIN_TIMEOUT)  # it saw "parked"
+            # It saw "parked".
+            second = _wake_pausing_after_its_state_check(
+                waker, second_checked, first_done
+            )
             # The first wake-up: while it holds the lock, having made the task
             # woken, the second one goes on and finds the lock taken.
             _hook(waker, releasing={0: lambda: (first_done.set(), second.finish())})
@@ -507,6 +525,34 @@ def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
 
     anyio.run(main)
     assert resumed == [1]
+
+
+async def test_late_request_of_a_wake_that_saw_the_task_parked() -> None:
+    """A wake-up reads the state (parked) and pauses; another resumes the task,
+    which cleans up without the lock. The late request then finds the waker
+    idle: it leaves it notified, so the next park() returns at once, and the
+    task was resumed only once."""
+    waker = Waker()
+    resumed = 0
+    go_on = threading.Event()
+
+    async def parker() -> None:
+        nonlocal resumed
+        await waker.park()
+        resumed += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        late = _wake_pausing_after_its_state_check(waker, threading.Event(), go_on)
+        waker.wake()
+    assert resumed == 1
+    assert _state(waker) == "idle"
+    go_on.set()
+    late.finish()
+    assert _state(waker) == "notified"
+    await assert_yields(waker.park)
+    assert _state(waker) == "idle"
 
 
 def _line_of(frame: Any) -> str:

@@ -1210,7 +1210,7 @@ async def run_sink(steps: Sequence[SinkEvent]) -> SinkRun:
     def snapshot() -> SinkSnapshot:
         return SinkSnapshot(
             consumer_waiting=sink.statistics().consumer_waiting,
-            registered=sink._waker.registered,
+            registered=sink._waker is not None,
             queued=tuple(queue),
             closed=sink.closed,
         )

@@ -62,7 +62,7 @@ class TestNoRunningTask:
             ("WaitMap.take", lambda: WaitMap().take("k")),
             ("WaitMap.wait_for", lambda: WaitMap().wait_for("k", bool)),
             ("DiatomicWaker.wait_until", lambda: DiatomicWaker().wait_until(int)),
-            ("DiatomicWaker.wait_until", lambda: WakeSink().wait_until(int)),
+            ("WakeSink.wait_until", lambda: WakeSink().wait_until(int)),
         ],
     )
     def test_async_methods(
@@ -212,11 +212,12 @@ class TestErrorMessages:
         assert str(info.value) == (
             "wait_for() needs a callable predicate, got 'int' object"
         )
-        with pytest.raises(TypeError) as info:
-            await WakeSink().wait_until("ready")  # type: ignore[arg-type]
-        assert str(info.value) == (
-            "wait_until() needs a callable predicate, got 'str' object"
-        )
+        for consumer in (WakeSink(), DiatomicWaker()):
+            with pytest.raises(TypeError) as info:
+                await consumer.wait_until("ready")  # type: ignore[arg-type]
+            assert str(info.value) == (
+                "wait_until() needs a callable predicate, got 'str' object"
+            )
 
     @pytest.mark.parametrize(
         ("operation", "change"),

@@ -135,7 +135,7 @@ class TestWakeSink:
             tg.start_soon(consumer)
             await wait_all_tasks_blocked()
             sink.notify()
-        assert not sink._waker.registered
+        assert sink._waker is None
         assert sink.statistics().consumer_waiting is False
 
         def fails_at_once() -> None:
@@ -143,7 +143,7 @@ class TestWakeSink:
 
         with pytest.raises(KeyError):
             await sink.wait_until(fails_at_once)
-        assert not sink._waker.registered
+        assert sink._waker is None
 
     async def test_predicate_not_callable(self) -> None:
         sink = WakeSink()
@@ -156,9 +156,9 @@ class TestWakeSink:
         async with create_task_group() as tg:
             tg.start_soon(sink.wait_until, predicate)
             await wait_all_tasks_blocked()
-            assert sink._waker.registered
+            assert sink._waker is not None
             tg.cancel_scope.cancel()
-        assert not sink._waker.registered
+        assert sink._waker is None
         calls = predicate.calls
         sink.notify()
         await wait_all_tasks_blocked()
@@ -332,6 +332,20 @@ class TestDiatomicWaker:
         await waker.park()  # consumes the notification
         diatomic.notify()
         assert "idle" in repr(waker)
+
+    async def test_second_consumer_is_refused(self) -> None:
+        diatomic = DiatomicWaker()
+        async with create_task_group() as tg:
+            tg.start_soon(diatomic.wait_until, lambda: None)
+            await wait_all_tasks_blocked()
+            waker = diatomic._waker
+            with pytest.raises(anyio.BusyResourceError):
+                await diatomic.wait_until(lambda: 1)
+            # The refused task left the first one's registration alone.
+            assert diatomic._waker is waker is not None
+            tg.cancel_scope.cancel()
+        assert not diatomic.registered
+        assert await diatomic.wait_until(lambda: 2) == 2
 
     async def test_wait_until_reuses_the_cached_waker(self) -> None:
         diatomic = DiatomicWaker()

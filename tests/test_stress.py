@@ -630,7 +630,7 @@ if uvloop is not None:
 
 def _consumer_parked(sink: WakeSink) -> bool:
     """Whether the consumer of ``sink`` is parked, waiting for a notification."""
-    waker = sink._waker._waker
+    waker = sink._waker
     return waker is not None and waker._state == _PARKED
 
 
@@ -819,7 +819,7 @@ def test_stress_mixed_loops_and_threads_share_map_and_sinks(ending: str) -> None
         bookkeeping = dict(wm._waiting)
         final = dict(wm)
         sink_statistics = [sink.statistics() for sink in sinks]
-        sinks_registered = [sink._waker.registered for sink in sinks]
+        sinks_registered = [sink._waker is not None for sink in sinks]
     finally:
         if any(worker.is_alive() for worker in everyone):
             # Something hangs: release every task and thread, then fail below.
