@@ -170,6 +170,30 @@ async def test_cleanup_after_a_wake_up_takes_no_lock() -> None:
     assert _state(waker) == "idle"
 
 
+async def test_request_during_cleanup_after_a_cancellation(
+    anyio_backend_name: str,
+) -> None:
+    waker = Waker()
+    scope = anyio.CancelScope()
+
+    async def parker() -> None:
+        with scope:
+            await waker.park()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        # A wake-up arrives once the cancelled task's clean-up has made the
+        # waker idle, before it released the lock. On trio the abort function
+        # takes and releases the lock first.
+        cleanup = 1 if anyio_backend_name == "trio" else 0
+        _hook(waker, releasing={cleanup: waker.wake})
+        scope.cancel()
+    assert scope.cancelled_caught
+    # The request is served once the lock is free, and kept for the next park.
+    assert _state(waker) == "notified"
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_cancelled_park_serves_a_request_made_during_the_abort() -> None:
     waker = Waker()
