@@ -127,8 +127,9 @@ class Waker:
         try:
             await binding.park(self)
         finally:
-            # Set by a wake-up while the task was parked.
-            if self._state == _WOKEN:  # pyright: ignore[reportUnnecessaryComparison]
+            lock = self._lock
+            # _serve() may have changed the state from another thread.
+            if self._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
                 # Resumed by a wake-up (and perhaps cancelled too): only this task
                 # moves the state on from WOKEN, since _serve() and wake() leave
                 # it alone, so no lock is needed.
@@ -136,8 +137,11 @@ class Waker:
                 self._handle = None
             else:
                 # Cancelled while parked, or aborted (trio): a wake-up may be
-                # deciding under the lock right now.
-                lock = self._lock
+                # deciding under the lock right now. Or the wake-up that resumed
+                # the task holds the lock still, in the middle of its call into
+                # the event loop from another thread: waiting for it keeps the
+                # state WOKEN meanwhile, so that the wake-ups of the rest of a
+                # burst fold into this resumption.
                 lock.acquire()
                 self._state = _IDLE
                 self._handle = None

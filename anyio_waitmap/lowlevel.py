@@ -42,9 +42,12 @@ handler that interrupted the waker's own task in the middle of
 :meth:`Waker.park`; if the task takes the request there, before it parks, it
 returns at once instead of parking. That is the coalescing: any
 number of wake-ups between two resumptions cost one resumption and at most one
-cross-thread call. When ``park()`` returns, the state is ``IDLE`` again; from
+cross-thread call. When ``park()`` returns, the state is ``IDLE`` again. From
 ``WOKEN`` the task moves it there without the lock, since nobody else moves a
-waker out of ``WOKEN``. A
+waker out of ``WOKEN``, unless the wake-up that resumed it still holds the lock
+(from another thread, in its call into the event loop): then the task waits for
+it, and the wake-ups of the rest of a burst meanwhile fold into this resumption.
+A
 wake-up that was folded into a pending one happened before the task resumed, so
 whatever the task checks after ``park()`` returns already sees its effects.
 

@@ -65,6 +65,9 @@ class HookedLock:
             self._releasing.pop(n)()
         self._lock.release()
 
+    def locked(self) -> bool:
+        return bool(self._lock.locked())
+
     def __enter__(self) -> bool:
         return self.acquire()
 
@@ -167,6 +170,46 @@ async def test_cleanup_after_a_wake_up_takes_no_lock() -> None:
         assert _state(waker) == "woken"
     assert resumed == 1
     assert lock.acquisitions == 0
+    assert _state(waker) == "idle"
+
+
+async def test_cleanup_waits_for_the_wake_up_still_in_progress() -> None:
+    """The wake-up that resumed the task may still hold the lock, in the middle
+    of its call into the event loop from another thread. The task's clean-up
+    then waits for it, and the waker stays woken meanwhile: a wake-up in that
+    window folds into this resumption instead of causing another."""
+    waker = Waker()
+    real_lock = waker._lock  # pyright: ignore[reportPrivateUsage]
+    resumed = 0
+    holding = threading.Event()
+    go_on = threading.Event()
+    seen_by_late_wake: list[str] = []
+
+    async def parker() -> None:
+        nonlocal resumed
+        await waker.park()
+        resumed += 1
+
+    def still_waking() -> None:
+        with real_lock:
+            holding.set()
+            assert go_on.wait(JOIN_TIMEOUT)
+            waker.wake()  # the next wake-up of a burst
+            seen_by_late_wake.append(_state(waker))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        waker.wake()
+        holder = Worker(still_waking, "waker holding the lock")
+        holder.start()
+        assert holding.wait(JOIN_TIMEOUT)
+        # The task's clean-up lets the holder go on when it asks for the lock.
+        lock = _hook(waker, before={0: go_on.set})
+    holder.finish()
+    assert seen_by_late_wake == ["woken"]
+    assert resumed == 1
+    assert lock.acquisitions == 1
     assert _state(waker) == "idle"
 
 
