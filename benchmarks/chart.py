@@ -51,6 +51,8 @@ LABELS = {
     "aiologic_lowlevel_ping_pong": "aiologic low-level event",
     "asyncio_raw_threadsafe": "raw: the loop's thread-safe call",
     "trio_raw_threadsafe": "raw: the loop's thread-safe call",
+    "asyncio_floor_threadsafe": "floor: the least thread-safe hand-over",
+    "trio_floor_threadsafe": "floor: the least thread-safe hand-over",
     "anyio_from_thread": "anyio.from_thread.run_sync",
     "aiologic_event_threadsafe": "aiologic.Event.set",
     "waitmap_threadsafe": "WaitMap.wake",

@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import json
 import platform
-import threading
-from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ import outcome
 import trio
 import trio.testing
 import uvloop
+from _floor import AsyncioFloor, TrioFloor
 from _timing import (
     print_header,
     print_legend,
@@ -69,71 +68,14 @@ async def asyncio_raw_futures() -> None:
     await asyncio.gather(*tasks)
 
 
-class _Slot:
-    """One waiter of the floor rows: where a wake leaves the value."""
-
-    __slots__ = ("handle", "value")
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.value: Any = _EMPTY
-
-
-_EMPTY: Any = object()
-
-
-def _set_if_pending(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 async def asyncio_floor() -> None:
     """The least any thread-safe keyed hand-over with WaitMap's guarantees
-    does, written out by hand: a lock around both sides (any thread may wake),
-    the waiter's own loop (tasks of any loop may wait), and a slot that keeps a
-    value handed over even if the task is cancelled before it resumes. No
-    stored values, counts, closing or predicates."""
-    lock = threading.Lock()
-    slots: dict[int, _Slot] = {}
-
-    async def task(key: int) -> int:
-        slot = _Slot(asyncio.get_running_loop().create_future())
-        lock.acquire()
-        slots[key] = slot
-        lock.release()
-        try:
-            await slot.handle
-        except BaseException:
-            lock.acquire()
-            try:
-                if slots.get(key) is slot:  # not woken: leave
-                    del slots[key]
-                    raise
-            finally:
-                lock.release()
-        return slot.value  # type: ignore[no-any-return]
-
-    def wake(key: int, value: int) -> bool:
-        lock.acquire()
-        try:
-            slot = slots.pop(key, None)
-            if slot is None:
-                return False
-            slot.value = value
-            future = slot.handle
-            loop = future.get_loop()
-            if _get_running_loop() is loop:
-                future.set_result(None)
-            else:
-                loop.call_soon_threadsafe(_set_if_pending, future)
-            return True
-        finally:
-            lock.release()
-
-    tasks = [asyncio.create_task(task(key)) for key in range(N)]
+    does, written out by hand (see _floor.py)."""
+    floor = AsyncioFloor()
+    tasks = [asyncio.create_task(floor.wait(key)) for key in range(N)]
     await asyncio.sleep(0)
     for key in range(N):
-        wake(key, key)
+        floor.wake(key, key)
     await asyncio.gather(*tasks)
 
 
@@ -210,53 +152,14 @@ async def trio_raw_reschedule() -> None:
 
 
 async def trio_floor() -> None:
-    """The trio twin of asyncio_floor: a lock around both sides, the waiter's
-    own run, and a slot that keeps a value handed over."""
-    lock = threading.Lock()
-    slots: dict[int, _Slot] = {}
-    thread = threading.get_ident()
-    token = trio.lowlevel.current_trio_token()
-
-    async def task(key: int) -> int:
-        slot = _Slot(trio.lowlevel.current_task())
-        lock.acquire()
-        slots[key] = slot
-        lock.release()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            lock.acquire()
-            try:
-                if slots.get(key) is slot:  # not woken: leave
-                    del slots[key]
-                    return trio.lowlevel.Abort.SUCCEEDED
-                return trio.lowlevel.Abort.FAILED
-            finally:
-                lock.release()
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        return slot.value  # type: ignore[no-any-return]
-
-    def wake(key: int, value: int) -> bool:
-        lock.acquire()
-        try:
-            slot = slots.pop(key, None)
-            if slot is None:
-                return False
-            slot.value = value
-            if threading.get_ident() == thread:
-                trio.lowlevel.reschedule(slot.handle)
-            else:
-                token.run_sync_soon(trio.lowlevel.reschedule, slot.handle)
-            return True
-        finally:
-            lock.release()
-
+    """The trio twin of asyncio_floor (see _floor.py)."""
+    floor = TrioFloor()
     async with trio.open_nursery() as nursery:
         for key in range(N):
-            nursery.start_soon(task, key)
+            nursery.start_soon(floor.wait, key)
         await trio.testing.wait_all_tasks_blocked()
         for key in range(N):
-            wake(key, key)
+            floor.wake(key, key)
 
 
 async def trio_waitmap() -> None:

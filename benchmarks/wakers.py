@@ -58,6 +58,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import trio
 import uvloop
+from _floor import AsyncioFloor, TrioFloor
 from _timing import (
     Row,
     Runner,
@@ -517,6 +518,50 @@ async def trio_raw_threadsafe() -> None:
     await gated(body)
 
 
+async def asyncio_floor_threadsafe() -> None:
+    """floor: fanin.py's least thread-safe keyed hand-over, woken from the thread"""
+
+    async def body(
+        open_gate: Callable[[], object], pass_gate: Callable[[], object]
+    ) -> None:
+        floor = AsyncioFloor()
+
+        def waker() -> None:
+            for key in range(THREAD_WAKES):
+                pass_gate()
+                floor.wake(key, key)
+
+        thread = _start(waker)
+        for key in range(THREAD_WAKES):
+            open_gate()
+            await floor.wait(key)
+        thread.join()
+
+    await gated(body)
+
+
+async def trio_floor_threadsafe() -> None:
+    """floor: the trio twin of asyncio_floor_threadsafe"""
+
+    async def body(
+        open_gate: Callable[[], object], pass_gate: Callable[[], object]
+    ) -> None:
+        floor = TrioFloor()
+
+        def waker() -> None:
+            for key in range(THREAD_WAKES):
+                pass_gate()
+                floor.wake(key, key)
+
+        thread = _start(waker)
+        for key in range(THREAD_WAKES):
+            open_gate()
+            await floor.wait(key)
+        thread.join()
+
+    await gated(body)
+
+
 async def anyio_from_thread() -> None:
     """anyio.from_thread.run_sync(anyio.Event.set, token=...), new event per wake"""
 
@@ -881,9 +926,17 @@ def scenarios() -> list[Scenario]:
             "ns/wake",
             lambda: THREAD_WAKES,
             {
-                "asyncio": [asyncio_raw_threadsafe, *THREAD_COMMON],
-                "uvloop": [asyncio_raw_threadsafe, *THREAD_COMMON],
-                "trio": [trio_raw_threadsafe, *THREAD_COMMON],
+                "asyncio": [
+                    asyncio_raw_threadsafe,
+                    asyncio_floor_threadsafe,
+                    *THREAD_COMMON,
+                ],
+                "uvloop": [
+                    asyncio_raw_threadsafe,
+                    asyncio_floor_threadsafe,
+                    *THREAD_COMMON,
+                ],
+                "trio": [trio_raw_threadsafe, trio_floor_threadsafe, *THREAD_COMMON],
             },
             count_loop_calls=True,
         ),
