@@ -518,14 +518,10 @@ async def trio_raw_threadsafe() -> None:
     await gated(body)
 
 
-async def asyncio_floor_threadsafe() -> None:
-    """floor: fanin.py's least thread-safe keyed hand-over, woken from the thread"""
-
+async def _floor_threadsafe(floor: AsyncioFloor | TrioFloor) -> None:
     async def body(
         open_gate: Callable[[], object], pass_gate: Callable[[], object]
     ) -> None:
-        floor = AsyncioFloor()
-
         def waker() -> None:
             for key in range(THREAD_WAKES):
                 pass_gate()
@@ -538,28 +534,16 @@ async def asyncio_floor_threadsafe() -> None:
         thread.join()
 
     await gated(body)
+
+
+async def asyncio_floor_threadsafe() -> None:
+    """floor: fanin.py's least thread-safe keyed hand-over, woken from the thread"""
+    await _floor_threadsafe(AsyncioFloor())
 
 
 async def trio_floor_threadsafe() -> None:
     """floor: the trio twin of asyncio_floor_threadsafe"""
-
-    async def body(
-        open_gate: Callable[[], object], pass_gate: Callable[[], object]
-    ) -> None:
-        floor = TrioFloor()
-
-        def waker() -> None:
-            for key in range(THREAD_WAKES):
-                pass_gate()
-                floor.wake(key, key)
-
-        thread = _start(waker)
-        for key in range(THREAD_WAKES):
-            open_gate()
-            await floor.wait(key)
-        thread.join()
-
-    await gated(body)
+    await _floor_threadsafe(TrioFloor())
 
 
 async def anyio_from_thread() -> None:

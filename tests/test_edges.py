@@ -213,9 +213,8 @@ async def test_cleanup_waits_for_the_wake_up_still_in_progress() -> None:
     assert _state(waker) == "idle"
 
 
-async def test_request_during_cleanup_after_a_cancellation(
-    anyio_backend_name: str,
-) -> None:
+async def _cancel_a_parked_task(before_cancel: Callable[[Waker], object]) -> Waker:
+    """Park a task on a new waker, call ``before_cancel(waker)``, cancel it."""
     waker = Waker()
     scope = anyio.CancelScope()
 
@@ -226,34 +225,33 @@ async def test_request_during_cleanup_after_a_cancellation(
     async with anyio.create_task_group() as tg:
         tg.start_soon(parker)
         await anyio.wait_all_tasks_blocked()
-        # A wake-up arrives once the cancelled task's clean-up has made the
-        # waker idle, before it released the lock. On trio the abort function
-        # takes and releases the lock first.
-        cleanup = 1 if anyio_backend_name == "trio" else 0
-        _hook(waker, releasing={cleanup: waker.wake})
+        before_cancel(waker)
         scope.cancel()
     assert scope.cancelled_caught
+    return waker
+
+
+async def test_request_during_cleanup_after_a_cancellation(
+    anyio_backend_name: str,
+) -> None:
+    # A wake-up arrives once the cancelled task's clean-up has made the waker
+    # idle, before it released the lock. On trio the abort function takes and
+    # releases the lock first.
+    cleanup = 1 if anyio_backend_name == "trio" else 0
+    waker = await _cancel_a_parked_task(
+        lambda waker: _hook(waker, releasing={cleanup: waker.wake})
+    )
     # The request is served once the lock is free, and kept for the next park.
     assert _state(waker) == "notified"
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_cancelled_park_serves_a_request_made_during_the_abort() -> None:
-    waker = Waker()
-    scope = anyio.CancelScope()
-
-    async def parker() -> None:
-        with scope:
-            await waker.park()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(parker)
-        await anyio.wait_all_tasks_blocked()
-        # trio calls the abort function synchronously from cancel(); a
-        # wake-up arrives while the abort holds the lock.
-        _hook(waker, after={0: waker.wake})
-        scope.cancel()
-    assert scope.cancelled_caught
+    # trio calls the abort function synchronously from cancel(); a wake-up
+    # arrives while the abort holds the lock.
+    waker = await _cancel_a_parked_task(
+        lambda waker: _hook(waker, after={0: waker.wake})
+    )
     # As documented, a cancelled park() may swallow a wake-up: it leaves the
     # waker idle, and the task re-checks its condition when it parks next.
     assert _state(waker) == "idle"
