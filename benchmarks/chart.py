@@ -69,6 +69,7 @@ def panel(axis: Any, title: str, per_loop: dict[str, dict[str, float]]) -> None:
     loops = list(per_loop)
     rows = list(dict.fromkeys(LABELS.get(r, r) for v in per_loop.values() for r in v))
     width = 0.8 / len(rows)
+    highest = 0.0
     for index, row in enumerate(rows):
         ratios = []
         for loop in loops:
@@ -77,12 +78,15 @@ def panel(axis: Any, title: str, per_loop: dict[str, dict[str, float]]) -> None:
             ratios.append(values[row] / raw if row in values else 0.0)
         positions = [n + index * width for n in range(len(loops))]
         axis.bar(positions, ratios, width, label=row)
+        highest = max(highest, *ratios)
+    # Headroom above the bars, so that the legend need not cover any of them.
+    axis.set_ylim(0, highest * (1.15 + 0.04 * -(-len(rows) // 2)))
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks([n + width * (len(rows) - 1) / 2 for n in range(len(loops))])
     axis.set_xticklabels(loops)
     axis.set_ylabel("time / raw mechanism")
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", ncols=2)
 
 
 def by_loop(scenario: dict[str, Any]) -> dict[str, dict[str, float]]:
