@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+import trio
 from anyio._core._eventloop import get_async_backend
 
 from anyio_waitmap import WaitMap
 from anyio_waitmap._backends import (
     _asyncio,
     _asyncio_current_task,  # pyright: ignore[reportPrivateUsage]
+    _trio,
 )
 from anyio_waitmap.lowlevel import Waiter, Waker
 
@@ -85,3 +87,57 @@ def test_asyncio_current_task_lookup_matches_asyncio() -> None:
         assert seen == [None]
 
     asyncio.run(main())
+
+
+def test_trio_binding_found_without_the_public_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The fallback, in_trio_run() and RunVar.get(), is correct but slower: a
+    # change of trio that forces it on every lookup shows here.
+    def public_lookup() -> None:
+        raise AssertionError("the binding was looked up the slow way")
+
+    async def main() -> None:
+        first = _trio.current_trio_binding()  # the run's first lookup makes it
+        assert first is not None
+        assert first is _trio._binding.get()  # pyright: ignore[reportPrivateUsage]
+        with monkeypatch.context() as patch:
+            patch.setattr(_trio, "_public_lookup", public_lookup)
+            assert _trio.current_trio_binding() is first
+
+    trio.run(main)
+    assert _trio.current_trio_binding() is None
+
+
+def test_trio_binding_fallback_finds_the_same_binding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        first = _trio.current_trio_binding()
+        with monkeypatch.context() as patch:
+            patch.setattr(_trio, "_run_context", None)
+            assert _trio.current_trio_binding() is first
+
+    async def first_lookup_by_fallback() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(_trio, "_run_context", None)
+            made = _trio.current_trio_binding()
+        assert made is not None
+        assert _trio.current_trio_binding() is made
+
+    trio.run(main)
+    trio.run(first_lookup_by_fallback)
+    with monkeypatch.context() as patch:
+        patch.setattr(_trio, "_run_context", None)
+        assert _trio.current_trio_binding() is None
+
+
+def test_each_trio_run_has_its_own_binding() -> None:
+    async def binding() -> object:
+        return _trio.current_trio_binding()
+
+    first = trio.run(binding)
+    second = trio.run(binding)
+    assert first is not None
+    assert second is not None
+    assert first is not second

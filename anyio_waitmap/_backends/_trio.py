@@ -88,9 +88,33 @@ class TrioBinding:
 
 _binding: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
 
+try:
+    # trio's state of the run in this thread, read directly: in_trio_run() and
+    # RunVar.get() each read it again behind a call of their own, which costs
+    # more than the lookup itself on every wait. This reaches into trio (checked
+    # with 0.32 and 0.35). Should a later trio move it, the lookup below falls
+    # back to the public functions, only slower, and tests/test_binding.py says
+    # so.
+    from trio._core import _run  # pyright: ignore[reportPrivateUsage]
+
+    _run_context: Any = _run.GLOBAL_RUN_CONTEXT
+except (ImportError, AttributeError):  # pragma: no cover
+    _run_context = None
+
 
 def current_trio_binding() -> TrioBinding | None:
     """The binding of the trio run in this thread, or None outside of one."""
+    try:
+        # Where RunVar.get() looks: the values of the run's RunVars.
+        binding: TrioBinding = _run_context.runner._locals[_binding]
+    except (AttributeError, KeyError):
+        # No run in this thread, or the run's first lookup, or a trio that
+        # keeps its run state elsewhere.
+        return _public_lookup()
+    return binding
+
+
+def _public_lookup() -> TrioBinding | None:
     if not in_trio_run():
         return None
     try:
