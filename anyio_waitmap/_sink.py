@@ -86,9 +86,10 @@ class WakeSource:
 
     def notify(self) -> None:
         """Same as :meth:`WakeSink.notify`: never blocks, any thread."""
-        waker = self._sink._waker  # pyright: ignore[reportPrivateUsage]
-        if waker is not None:
-            waker.wake()
+        if self._sink._waker is not None:  # pyright: ignore[reportPrivateUsage]
+            waker = self._sink._waker  # pyright: ignore[reportPrivateUsage]
+            if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
+                waker.wake()
 
     @property
     def closed(self) -> bool:

@@ -268,9 +268,13 @@ class ConsumerSlot:
         Never blocks; callable from any thread, and from a signal handler. Costs
         one read when no task waits.
         """
-        waker = self._waker
-        if waker is not None:
-            waker.wake()
+        # Tested on the attribute first, the way asyncio.Event.set() tests its
+        # flag, so that the common case costs no more; then read again for the
+        # call, since the consumer may unregister it in between.
+        if self._waker is not None:
+            waker = self._waker
+            if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
+                waker.wake()
 
     async def wait_until(self, predicate: Callable[[], T | None]) -> T:
         """Return the first value other than ``None`` that ``predicate`` returns.

@@ -83,7 +83,9 @@ wait on each other either, and their wake-ups coalesce in the waker. A notifier
 may read a waker just before the consumer unregisters it and wake it late: that
 only makes the consumer's next :meth:`Waker.park` on it return at once, and the
 consumer checks its predicate again. A notify with nobody registered is one
-read of the slot.
+read of the slot; when that read finds a waker, the notify reads the slot again
+for the call, and does nothing if it is ``None`` by then: the consumer has left
+since, and it checks its predicate again at its next wait before it parks.
 
 :meth:`~DiatomicWaker.wait_until` keeps to one consumer with a one-element list
 of which the waiting task pops the element and pushes it back when it leaves:

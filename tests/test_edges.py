@@ -23,7 +23,16 @@ import trio.testing
 from checkpoints import assert_yields
 from workers import JOIN_TIMEOUT, Worker
 
-from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke, _backends
+from anyio_waitmap import (
+    KeyCancelled,
+    NoMatch,
+    WaitMap,
+    WaitMapClosed,
+    WakeSource,
+    Woke,
+    _backends,
+)
+from anyio_waitmap._wakers import ConsumerSlot
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
 pytestmark = pytest.mark.anyio
@@ -531,6 +540,39 @@ async def test_diatomic_waker_repr() -> None:
     assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker idle>"
     slot.register(Waker())
     assert repr(slot) == "<anyio_waitmap.lowlevel.DiatomicWaker registered>"
+
+
+class _ConsumerLeavingBetweenTwoReads:
+    """Stands in for a sink whose consumer unregisters its waker right after a
+    notifier's first read of the slot: the reads return ``waker``, then None."""
+
+    def __init__(self, waker: Waker) -> None:
+        self.reads: list[Waker | None] = [waker, None]
+        self.count = 0
+
+    @property
+    def _waker(self) -> Waker | None:
+        self.count += 1
+        return self.reads.pop(0) if self.reads else None
+
+
+@pytest.mark.parametrize(
+    "notify",
+    [
+        pytest.param(ConsumerSlot.notify, id="WakeSink"),
+        pytest.param(lambda sink: WakeSource(sink).notify(), id="WakeSource"),
+    ],
+)
+async def test_notify_when_the_consumer_leaves_between_its_two_reads(
+    notify: Callable[[Any], None],
+) -> None:
+    # notify() tests the slot, then reads it again for the call: the waker that
+    # the consumer took back in between is left alone.
+    waker = Waker()
+    sink = _ConsumerLeavingBetweenTwoReads(waker)
+    notify(sink)
+    assert sink.count == 2
+    assert _state(waker) == "idle"
 
 
 def _wake_pausing_after_its_state_check(
