@@ -5,10 +5,10 @@ event loop, each thing that ``WaitMap.wait`` and ``WaitMap.wake`` must do
 (take a lock, find the running loop's binding, make a future, make the waiter
 object, build an outcome) and the whole operations, next to the raw mechanism's
 own steps (a ``dict`` operation, ``loop.create_future()``, ``set_result``); on
-trio, how the run's binding is found. It
-shows which part of the gap to the raw mechanism is our code and which part is
-the price of a building block that the guarantees need (thread safety needs a
-lock; an outcome is a fresh object per call).
+trio, how the run's binding is found. It shows which part of the gap to the raw
+mechanism is our code and which part is the price of a building block that the
+guarantees need (thread safety needs a lock; an outcome is a fresh object per
+call).
 
 Each line is the best of ``--repeat`` runs of ``--number`` calls (timeit), in
 nanoseconds per call; the best run is the one least disturbed by the machine.
