@@ -9,11 +9,12 @@ import pytest
 import trio
 from anyio._core._eventloop import get_async_backend
 
-from anyio_waitmap import WaitMap
+from anyio_waitmap import WaitMap, _backends
 from anyio_waitmap._backends import (
     _asyncio,
     _asyncio_current_task,  # pyright: ignore[reportPrivateUsage]
     _trio,
+    current_binding,
 )
 from anyio_waitmap.lowlevel import Waiter, Waker
 
@@ -98,46 +99,43 @@ def test_trio_binding_found_without_the_public_calls(
         raise AssertionError("the binding was looked up the slow way")
 
     async def main() -> None:
-        first = _trio.current_trio_binding()  # the run's first lookup makes it
-        assert first is not None
-        assert first is _trio._binding.get()  # pyright: ignore[reportPrivateUsage]
+        first = current_binding("test")  # the run's first lookup makes it
+        assert first is _trio.binding_var.get()
         with monkeypatch.context() as patch:
-            patch.setattr(_trio, "_public_lookup", public_lookup)
-            assert _trio.current_trio_binding() is first
+            patch.setattr(_backends, "_current_trio_binding", public_lookup)
+            assert current_binding("test") is first
 
     trio.run(main)
-    assert _trio.current_trio_binding() is None
 
 
 def test_trio_binding_fallback_finds_the_same_binding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def main() -> None:
-        first = _trio.current_trio_binding()
+        first = current_binding("test")
         with monkeypatch.context() as patch:
-            patch.setattr(_trio, "_run_context", None)
-            assert _trio.current_trio_binding() is first
+            patch.setattr(_backends, "_trio_run_context", None)
+            assert current_binding("test") is first
 
     async def first_lookup_by_fallback() -> None:
         with monkeypatch.context() as patch:
-            patch.setattr(_trio, "_run_context", None)
-            made = _trio.current_trio_binding()
-        assert made is not None
-        assert _trio.current_trio_binding() is made
+            patch.setattr(_backends, "_trio_run_context", None)
+            made = current_binding("test")
+        assert current_binding("test") is made
 
     trio.run(main)
     trio.run(first_lookup_by_fallback)
+    assert _trio.current_trio_binding() is None  # outside a run
     with monkeypatch.context() as patch:
-        patch.setattr(_trio, "_run_context", None)
-        assert _trio.current_trio_binding() is None
+        patch.setattr(_backends, "_trio_run_context", None)
+        with pytest.raises(RuntimeError, match="no such task"):
+            current_binding("test")
 
 
 def test_each_trio_run_has_its_own_binding() -> None:
     async def binding() -> object:
-        return _trio.current_trio_binding()
+        return current_binding("test")
 
     first = trio.run(binding)
     second = trio.run(binding)
-    assert first is not None
-    assert second is not None
     assert first is not second

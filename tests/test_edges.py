@@ -343,12 +343,22 @@ def test_waker_needs_a_task_not_a_loop_callback() -> None:
     assert "Waker() must be awaited by a task" in str(errors[0])
 
 
+def _forget_the_trio_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put the package back in the state it has before trio is first found."""
+    for name in (
+        "_current_trio_binding",
+        "_trio_protect",
+        "_trio_run_context",
+        "_trio_binding_var",
+    ):
+        monkeypatch.setattr(_backends, name, None)
+
+
 def test_without_trio_imported_nothing_of_trio_is_loaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delitem(sys.modules, "trio")
-    monkeypatch.setattr(_backends, "_current_trio_binding", None)
-    monkeypatch.setattr(_backends, "_trio_protect", None)
+    _forget_the_trio_binding(monkeypatch)
     with pytest.raises(RuntimeError, match="asyncio or trio event loop"):
         Waker()
     assert _backends._current_trio_binding is None  # pyright: ignore[reportPrivateUsage]
@@ -357,8 +367,7 @@ def test_without_trio_imported_nothing_of_trio_is_loaded(
 def test_trio_imported_after_the_package_is_found_at_first_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_backends, "_current_trio_binding", None)
-    monkeypatch.setattr(_backends, "_trio_protect", None)
+    _forget_the_trio_binding(monkeypatch)
 
     async def main() -> None:
         Waker()  # the first use in a trio run loads the trio binding

@@ -20,7 +20,7 @@ from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsa
 from collections.abc import Callable
 from importlib import import_module
 from types import FunctionType
-from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from ._asyncio import AsyncioBinding
 
@@ -76,11 +76,13 @@ def load_trio_support() -> None:
     The binding is imported on first use only, so that asyncio users never
     import trio.
     """
-    global _current_trio_binding, _trio_protect
+    global _current_trio_binding, _trio_protect, _trio_run_context, _trio_binding_var
     if _trio_protect is None and "trio" in sys.modules:
         trio_module = import_module("._trio", __name__)
         trio_module.protect(_critical_code)
         _trio_protect = trio_module.protect
+        _trio_run_context = trio_module.run_context
+        _trio_binding_var = trio_module.binding_var
         _current_trio_binding = trio_module.current_trio_binding
 
 
@@ -96,6 +98,10 @@ _cache = _ThreadCache()
 _last: tuple[object, AsyncioBinding] = (None, cast(AsyncioBinding, None))
 _current_trio_binding: Callable[[], Binding | None] | None = None
 _trio_protect: Callable[[list[Callable[..., object]]], None] | None = None
+# trio's state of the run in this thread, and the RunVar of the run's binding:
+# None until the trio binding is loaded (see _trio.py).
+_trio_run_context: Any = None
+_trio_binding_var: object = None
 
 
 def _asyncio_binding(loop: AbstractEventLoop, caller: str) -> AsyncioBinding:
@@ -130,6 +136,14 @@ def current_binding(caller: str) -> Binding:
             return last[1]
         return _asyncio_binding(loop, caller)
 
+    try:
+        # trio: the run's binding, read where RunVar.get() reads it, without a
+        # call (see _trio.py).
+        return _trio_run_context.runner._locals[_trio_binding_var]  # type: ignore[no-any-return]
+    except (AttributeError, KeyError):
+        # Outside a trio run, the run's first lookup, trio not loaded yet, or a
+        # trio that keeps its run state elsewhere.
+        pass
     if _current_trio_binding is None:
         load_trio_support()
     if _current_trio_binding is not None:

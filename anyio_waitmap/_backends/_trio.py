@@ -86,42 +86,35 @@ class TrioBinding:
     yield_keeping_value = staticmethod(cancel_shielded_checkpoint)
 
 
-_binding: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
+#: The RunVar that holds each run's binding.
+binding_var: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
 
+run_context: Any
 try:
-    # trio's state of the run in this thread, read directly: in_trio_run() and
-    # RunVar.get() each read it again behind a call of their own, which costs
-    # more than the lookup itself on every wait. This reaches into trio (checked
-    # with 0.32 and 0.35). Should a later trio move it, the lookup below falls
-    # back to the public functions, only slower, and tests/test_binding.py says
-    # so.
+    # trio's state of the run in this thread, which current_binding() reads
+    # directly: a run's RunVar values are in run_context.runner._locals, where
+    # RunVar.get() finds them, and in_trio_run() and RunVar.get() would each read
+    # run_context again behind a call of their own, which costs more than the
+    # lookup itself on every wait. This reaches into trio (checked with 0.32 and
+    # 0.35). Should a later trio move it, current_binding() falls back to
+    # current_trio_binding(), only slower, and tests/test_binding.py says so.
     from trio._core import _run  # pyright: ignore[reportPrivateUsage]
 
-    _run_context: Any = _run.GLOBAL_RUN_CONTEXT
+    run_context = _run.GLOBAL_RUN_CONTEXT
 except (ImportError, AttributeError):  # pragma: no cover
-    _run_context = None
+    run_context = None
 
 
 def current_trio_binding() -> TrioBinding | None:
-    """The binding of the trio run in this thread, or None outside of one."""
-    try:
-        # Where RunVar.get() looks: the values of the run's RunVars.
-        binding: TrioBinding = _run_context.runner._locals[_binding]
-    except (AttributeError, KeyError):
-        # No run in this thread, or the run's first lookup, or a trio that
-        # keeps its run state elsewhere.
-        return _public_lookup()
-    return binding
-
-
-def _public_lookup() -> TrioBinding | None:
+    """The binding of the trio run in this thread, or None outside of one; made
+    at the run's first lookup."""
     if not in_trio_run():
         return None
     try:
-        return _binding.get()
+        return binding_var.get()
     except LookupError:
         binding = TrioBinding()
-        _binding.set(binding)
+        binding_var.set(binding)
         return binding
 
 
