@@ -78,6 +78,23 @@ def test_asyncio_checks_cancellation_with_anyio_backend_found_once() -> None:
     assert _asyncio.AsyncioBinding.checkpoint_if_cancelled == expected
 
 
+def test_asyncio_binding_found_in_the_cache_after_the_first_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The lookup that makes or finds the binding is correct but slower: a change
+    # that sends every lookup there shows here.
+    def slow_lookup(loop: object, caller: str) -> None:
+        raise AssertionError("the binding was looked up the slow way")
+
+    async def main() -> None:
+        first = current_binding("test")
+        with monkeypatch.context() as patch:
+            patch.setattr(_backends, "_asyncio_binding", slow_lookup)
+            assert current_binding("test") is first
+
+    asyncio.run(main())
+
+
 def test_asyncio_current_task_lookup_matches_asyncio() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from anyio_waitmap import (
     Woke,
     _backends,
 )
+from anyio_waitmap._backends import _trio
 from anyio_waitmap._wakers import ConsumerSlot
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
@@ -375,6 +376,9 @@ def test_trio_imported_after_the_package_is_found_at_first_use(
     assert _backends._trio_protect is None  # pyright: ignore[reportPrivateUsage]
     trio.run(main)
     assert _backends._trio_protect is not None  # pyright: ignore[reportPrivateUsage]
+    # ... and with it what current_binding() reads the run's binding from.
+    assert _backends._trio_run_context is _trio.run_context  # pyright: ignore[reportPrivateUsage]
+    assert _backends._trio_binding_var is _trio.binding_var  # pyright: ignore[reportPrivateUsage]
 
 
 async def test_waiter_leaves_between_the_lock_free_look_and_the_lock() -> None:
