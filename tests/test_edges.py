@@ -95,6 +95,18 @@ def _state(waker: Waker) -> str:
     return repr(waker).split()[1]
 
 
+class _Parker:
+    """A task body that parks on ``waker`` once and counts its resumptions."""
+
+    def __init__(self, waker: Waker) -> None:
+        self.waker = waker
+        self.resumed = 0
+
+    async def __call__(self) -> None:
+        await self.waker.park()
+        self.resumed += 1
+
+
 class TestWakeWhileTheLockIsHeld:
     """A wake-up that finds the waker's lock taken leaves a request, and the
     holder serves it: as from a signal handler that interrupted the holder, or
@@ -133,17 +145,12 @@ class TestWakeWhileTheLockIsHeld:
             after={0: waker.wake},
             before={2: lambda: waker._serve()},  # pyright: ignore[reportPrivateUsage]
         )
-        resumed = 0
-
-        async def parker() -> None:
-            nonlocal resumed
-            await waker.park()
-            resumed += 1
+        parker = _Parker(waker)
 
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(parker)
-        assert resumed == 1
+        assert parker.resumed == 1
         assert lock.acquisitions >= 3
         assert _state(waker) == "idle"
 
@@ -164,12 +171,7 @@ async def test_cleanup_after_a_wake_up_takes_no_lock() -> None:
     from woken: a wake-up meanwhile is folded into the resumption, and the
     task's clean-up needs no lock."""
     waker = Waker()
-    resumed = 0
-
-    async def parker() -> None:
-        nonlocal resumed
-        await waker.park()
-        resumed += 1
+    parker = _Parker(waker)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(parker)
@@ -178,7 +180,7 @@ async def test_cleanup_after_a_wake_up_takes_no_lock() -> None:
         lock = _hook(waker)
         waker.wake()
         assert _state(waker) == "woken"
-    assert resumed == 1
+    assert parker.resumed == 1
     assert lock.acquisitions == 0
     assert _state(waker) == "idle"
 
@@ -190,15 +192,10 @@ async def test_cleanup_waits_for_the_wake_up_still_in_progress() -> None:
     window folds into this resumption instead of causing another."""
     waker = Waker()
     real_lock = waker._lock  # pyright: ignore[reportPrivateUsage]
-    resumed = 0
+    parker = _Parker(waker)
     holding = threading.Event()
     go_on = threading.Event()
     seen_by_late_wake: list[str] = []
-
-    async def parker() -> None:
-        nonlocal resumed
-        await waker.park()
-        resumed += 1
 
     def still_waking() -> None:
         with real_lock:
@@ -218,7 +215,7 @@ async def test_cleanup_waits_for_the_wake_up_still_in_progress() -> None:
         lock = _hook(waker, before={0: go_on.set})
     holder.finish()
     assert seen_by_late_wake == ["woken"]
-    assert resumed == 1
+    assert parker.resumed == 1
     assert lock.acquisitions == 1
     assert _state(waker) == "idle"
 
@@ -619,17 +616,12 @@ def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
     """Two wake-ups race: the second reads the state (parked) before the first
     moves it to woken, and makes its request while the first holds the lock.
     The first serves that request too, and it adds nothing: one resumption."""
-    resumed: list[int] = []
     second_checked = threading.Event()
     first_done = threading.Event()
 
-    async def main() -> None:
+    async def main() -> int:
         waker = Waker()
-
-        async def parker() -> None:
-            await waker.park()
-            resumed.append(1)
-
+        parker = _Parker(waker)
         async with anyio.create_task_group() as tg:
             tg.start_soon(parker)
             await anyio.wait_all_tasks_blocked()
@@ -642,9 +634,9 @@ def test_second_wake_that_read_the_state_before_the_first_changed_it() -> None:
             _hook(waker, releasing={0: lambda: (first_done.set(), second.finish())})
             waker.wake()
         assert _state(waker) == "idle"
+        return parker.resumed
 
-    anyio.run(main)
-    assert resumed == [1]
+    assert anyio.run(main) == 1
 
 
 async def test_late_request_of_a_wake_that_saw_the_task_parked() -> None:
@@ -653,20 +645,15 @@ async def test_late_request_of_a_wake_that_saw_the_task_parked() -> None:
     idle: it leaves it notified, so the next park() returns at once, and the
     task was resumed only once."""
     waker = Waker()
-    resumed = 0
+    parker = _Parker(waker)
     go_on = threading.Event()
-
-    async def parker() -> None:
-        nonlocal resumed
-        await waker.park()
-        resumed += 1
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(parker)
         await anyio.wait_all_tasks_blocked()
         late = _wake_pausing_after_its_state_check(waker, threading.Event(), go_on)
         waker.wake()
-    assert resumed == 1
+    assert parker.resumed == 1
     assert _state(waker) == "idle"
     go_on.set()
     late.finish()
