@@ -83,7 +83,7 @@ def test_asyncio_binding_found_in_the_cache_after_the_first_lookup(
 ) -> None:
     # The lookup that makes or finds the binding is correct but slower: a change
     # that sends every lookup there shows here.
-    def slow_lookup(loop: object, caller: str) -> None:
+    def slow_lookup(loop: object) -> None:
         raise AssertionError("the binding was looked up the slow way")
 
     async def main() -> None:

@@ -104,10 +104,8 @@ _trio_run_context: Any = None
 _trio_binding_var: object = None
 
 
-def _asyncio_binding(loop: AbstractEventLoop, caller: str) -> AsyncioBinding:
+def _asyncio_binding(loop: AbstractEventLoop) -> AsyncioBinding:
     global _last
-    if _asyncio_current_task(loop) is None:
-        _raise_no_task(caller)
     cache = _cache
     binding = cache.binding
     if cache.loop is not loop or binding is None:
@@ -128,13 +126,16 @@ def current_binding(caller: str) -> Binding:
         RuntimeError: if no asyncio or trio task is running in this thread.
     """
     loop = _get_running_loop()
-    if loop is not None:
+    if loop is not None and _asyncio_current_task(loop) is not None:
         # One read of an immutable pair, so no lock: right for the common case of
         # one loop, and never wrong when several threads run loops.
         last = _last
-        if last[0] is loop and _asyncio_current_task(loop) is not None:
+        if last[0] is loop:
             return last[1]
-        return _asyncio_binding(loop, caller)
+        return _asyncio_binding(loop)
+    # No asyncio task is running. A loop that is running all the same may be
+    # the host of a trio run in guest mode (trio.lowlevel.start_guest_run),
+    # whose tasks run in the loop's callbacks: look for a trio task.
 
     try:
         # trio: the run's binding, read where RunVar.get() reads it, without a

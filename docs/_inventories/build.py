@@ -57,6 +57,7 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
             "reference-lowlevel.html#$",
         ),
         ("trio.lowlevel.TrioToken", "py:class", "reference-lowlevel.html#$"),
+        ("trio.lowlevel.start_guest_run", "py:function", "reference-lowlevel.html#$"),
         ("trio.open_signal_receiver", "py:function", "reference-io.html#$"),
     ],
 }
