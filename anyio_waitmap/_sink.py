@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from typing import final
 
 from ._backends import ki_protected
-from ._wakers import ConsumerSlot
+from ._wakers import (
+    _WOKEN,  # pyright: ignore[reportPrivateUsage]
+    ConsumerSlot,
+)
 
 
 @final
@@ -86,10 +89,12 @@ class WakeSource:
 
     def notify(self) -> None:
         """Same as :meth:`WakeSink.notify`: never blocks, any thread."""
+        # ConsumerSlot.notify(), inlined: the same reads, and Waker.wake().
         if self._sink._waker is not None:  # pyright: ignore[reportPrivateUsage]
             waker = self._sink._waker  # pyright: ignore[reportPrivateUsage]
-            if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
-                waker.wake()
+            if waker is not None and waker._state < _WOKEN:  # pyright: ignore[reportPrivateUsage,reportUnnecessaryComparison]
+                waker._requested = True  # pyright: ignore[reportPrivateUsage]
+                waker._serve()  # pyright: ignore[reportPrivateUsage]
 
     @property
     def closed(self) -> bool:

@@ -2,6 +2,10 @@
 :mod:`anyio_waitmap.lowlevel`.
 """
 
+# The classes of this module work on one another's private state: the
+# consumer's side of ConsumerSlot runs Waker.park() and Waker.wake() inlined.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import threading
@@ -270,11 +274,14 @@ class ConsumerSlot:
         """
         # Tested on the attribute first, the way asyncio.Event.set() tests its
         # flag, so that the common case costs no more; then read again for the
-        # call, since the consumer may unregister it in between.
+        # call, since the consumer may unregister it in between. What follows
+        # is Waker.wake(), inlined: every notification that finds the consumer
+        # runs it.
         if self._waker is not None:
             waker = self._waker
-            if waker is not None:  # pyright: ignore[reportUnnecessaryComparison]
-                waker.wake()
+            if waker is not None and waker._state < _WOKEN:  # pyright: ignore[reportUnnecessaryComparison]
+                waker._requested = True
+                waker._serve()
 
     async def wait_until(self, predicate: Callable[[], T | None]) -> T:
         """Return the first value other than ``None`` that ``predicate`` returns.
@@ -318,7 +325,7 @@ class ConsumerSlot:
                 await binding.yield_keeping_value()
                 return value
             waker = self._cached
-            if waker is None or waker._binding is not binding:  # pyright: ignore[reportPrivateUsage]
+            if waker is None or waker._binding is not binding:
                 waker = self._cached = Waker()
             self._waker = waker
             try:
@@ -332,7 +339,43 @@ class ConsumerSlot:
                     value = predicate()
                     if value is not None:
                         return value
-                    await waker.park()
+                    # `await waker.park()`, inlined: every wait that parks runs
+                    # it, and the consumer's resumptions then pass through one
+                    # coroutine frame fewer. Waker.park() explains each step.
+                    lock = waker._lock
+                    lock.acquire()
+                    try:
+                        notified = waker._state == _NOTIFIED
+                        if notified:
+                            waker._state = _IDLE
+                        else:
+                            waker._handle = binding.new_handle()
+                            waker._state = _PARKED
+                    finally:
+                        lock.release()
+                    if waker._requested:
+                        if notified:
+                            waker._serve()
+                        else:
+                            notified = waker._unpark_self()
+                    if notified:
+                        await binding.checkpoint()
+                        continue
+                    try:
+                        await binding.park(waker)
+                    finally:
+                        lock = waker._lock
+                        # _serve() may have changed the state from another thread.
+                        if waker._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
+                            waker._state = _IDLE
+                            waker._handle = None
+                        else:
+                            lock.acquire()
+                            waker._state = _IDLE
+                            waker._handle = None
+                            lock.release()
+                            if waker._requested:
+                                waker._serve()
             finally:
                 self._waker = None
         finally:

@@ -670,15 +670,16 @@ async def test_notification_while_another_notifier_is_in_progress_is_delivered(
     result: list[object] = []
     in_wake = threading.Event()
     release = threading.Event()
-    original = Waker.wake
+    # notify() makes its wake-up's transition in Waker._serve().
+    original = Waker._serve  # pyright: ignore[reportPrivateUsage]
 
-    def holding_wake(self: Waker) -> None:
+    def holding_serve(self: Waker) -> None:
         original(self)
         if threading.current_thread().name == "notifier A" and not in_wake.is_set():
             in_wake.set()  # the first wake-up of A: stay in notify() for a while
             assert release.wait(JOIN_TIMEOUT)
 
-    monkeypatch.setattr(Waker, "wake", holding_wake)
+    monkeypatch.setattr(Waker, "_serve", holding_serve)
 
     async def consumer() -> None:
         result.append(await sink.wait_until(predicate))
