@@ -8,13 +8,13 @@ what it is, and each must be able to wake the other.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 import pytest
 import trio
+from loops import LOOP_FACTORIES
 from outcome import Outcome
 
 from anyio_waitmap import NoMatch, WaitMap, WakeSink, Woke
@@ -24,29 +24,14 @@ T = TypeVar("T")
 #: A bound on each test's loop, well above the milliseconds a run takes.
 TIMEOUT: Final = 10.0
 
-pytestmark = pytest.mark.parametrize(
-    "use_uvloop",
-    [
-        pytest.param(False, id="asyncio"),
-        pytest.param(
-            True,
-            id="uvloop",
-            marks=pytest.mark.skipif(
-                sys.platform == "win32", reason="uvloop does not support Windows"
-            ),
-        ),
-    ],
-)
+pytestmark = pytest.mark.parametrize("new_loop", LOOP_FACTORIES)
+
+NewLoop = Callable[[], asyncio.AbstractEventLoop]
 
 
-def run_host(main: Callable[[], Coroutine[Any, Any, T]], use_uvloop: bool) -> T:
-    """Run ``main()`` in a new asyncio (or uvloop) event loop, within TIMEOUT."""
-    if use_uvloop:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+def run_host(main: Callable[[], Coroutine[Any, Any, T]], new_loop: NewLoop) -> T:
+    """Run ``main()`` in a new loop of the host's kind, within TIMEOUT."""
+    loop = new_loop()
     try:
         return loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT))
     finally:
@@ -86,7 +71,7 @@ async def trio_until(condition: Callable[[], bool]) -> None:
 
 
 def test_guest_and_host_tasks_wake_each_other_through_a_map(
-    use_uvloop: bool,
+    new_loop: NewLoop,
 ) -> None:
     async def main() -> tuple[int, int]:
         wm: WaitMap[str, int] = WaitMap()
@@ -106,11 +91,11 @@ def test_guest_and_host_tasks_wake_each_other_through_a_map(
         from_guest, from_host = await asyncio.gather(run_guest(guest), host())
         return from_guest, from_host
 
-    assert run_host(main, use_uvloop) == (1, 2)
+    assert run_host(main, new_loop) == (1, 2)
 
 
 def test_guest_and_host_tasks_wake_each_other_through_sinks(
-    use_uvloop: bool,
+    new_loop: NewLoop,
 ) -> None:
     async def main() -> tuple[list[int], list[int]]:
         to_guest: deque[int] = deque()
@@ -149,11 +134,11 @@ def test_guest_and_host_tasks_wake_each_other_through_sinks(
         from_guest, from_host = await asyncio.gather(run_guest(guest), host())
         return from_guest, from_host
 
-    assert run_host(main, use_uvloop) == ([0, 1, 2], [0, 10, 20])
+    assert run_host(main, new_loop) == ([0, 1, 2], [0, 10, 20])
 
 
 def test_cancelled_guest_task_leaves_nothing_and_the_host_task_is_served(
-    use_uvloop: bool,
+    new_loop: NewLoop,
 ) -> None:
     async def main() -> int:
         wm: WaitMap[str, int] = WaitMap()
@@ -186,11 +171,11 @@ def test_cancelled_guest_task_leaves_nothing_and_the_host_task_is_served(
         assert isinstance(wm.wake("k", 8), NoMatch)
         return result
 
-    assert run_host(main, use_uvloop) == 7
+    assert run_host(main, new_loop) == 7
 
 
 def test_a_host_callback_is_not_a_task_while_a_guest_runs(
-    use_uvloop: bool,
+    new_loop: NewLoop,
 ) -> None:
     async def main() -> BaseException | None:
         wm: WaitMap[str, int] = WaitMap()
@@ -220,4 +205,4 @@ def test_a_host_callback_is_not_a_task_while_a_guest_runs(
         assert wm.statistics().tasks_waiting == 0
         return error
 
-    assert isinstance(run_host(main, use_uvloop), RuntimeError)
+    assert isinstance(run_host(main, new_loop), RuntimeError)

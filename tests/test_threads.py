@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import trio
+from loops import LOOP_FACTORIES
 from workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import (
@@ -387,27 +387,6 @@ def test_loops_in_threads_wake_each_other() -> None:
 
 
 # -- 3. a waiter whose event loop is gone ---------------------------------------------
-
-
-def _new_asyncio_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.new_event_loop()
-
-
-def _new_uvloop() -> asyncio.AbstractEventLoop:
-    uvloop = pytest.importorskip("uvloop")
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
-
-
-LOOP_FACTORIES = [
-    pytest.param(_new_asyncio_loop, id="asyncio"),
-    pytest.param(
-        _new_uvloop,
-        id="uvloop",
-        marks=pytest.mark.skipif(
-            sys.platform == "win32", reason="uvloop does not support Windows"
-        ),
-    ),
-]
 
 
 @dataclass
