@@ -71,7 +71,8 @@ from _timing import (
 )
 from anyio._core._eventloop import get_async_backend
 
-from anyio_waitmap import WaitMap, WakeSink
+from anyio_waitmap import WaitMap, WakeSink, _wakers
+from anyio_waitmap._backends import current_binding
 
 IDLE_CALLS = 200_000  # calls per sample of "notify with nobody waiting"
 ROUNDS = 5_000  # ping-pong round trips per sample
@@ -417,6 +418,27 @@ async def sink_ping_pong() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(player, 0)
         await player(1)
+
+
+async def sink_ping_pong_loop_known() -> None:
+    """ablation, not usable: ours with each wait told its loop instead of finding it"""
+    binding = current_binding("benchmark")
+    # wait_until() finds its loop with current_binding(); here a function that
+    # returns the binding it was given stands in for it, so the row costs what
+    # sink_ping_pong costs less the lookup (but one call, and one coroutine
+    # frame more for one player: this row errs on the slow side). A sink that
+    # never looks could serve tasks of one loop only.
+    namespace = vars(_wakers)
+    original = namespace["current_binding"]
+
+    def told(caller: str) -> object:
+        return binding
+
+    namespace["current_binding"] = told
+    try:
+        await sink_ping_pong()
+    finally:
+        namespace["current_binding"] = original
 
 
 # -- a wake-up from another thread, in sequence ------------------------------------
@@ -852,6 +874,7 @@ PING_PONG_ASYNCIO: list[Row] = [
     asyncio_raw_futures,
     asyncio_raw_plus_cancel_check,
     sink_ping_pong,
+    sink_ping_pong_loop_known,
     asyncio_event,
     anyio_event_ping_pong,
     aiologic_event_ping_pong,
@@ -861,6 +884,7 @@ PING_PONG_TRIO: list[Row] = [
     trio_raw_reschedule,
     trio_raw_plus_cancel_check,
     sink_ping_pong,
+    sink_ping_pong_loop_known,
     trio_event,
     anyio_event_ping_pong,
     aiologic_event_ping_pong,
