@@ -78,14 +78,15 @@ waker's ``NOTIFIED`` state makes that park return at once).
 Why nobody waits on anybody: registering and unregistering are single stores
 that never take a lock, so the consumer never makes a notifier wait, and a
 notifier never delays a consumer that registers. A notify is a read of the slot
-and a :meth:`Waker.wake`, which never waits (see above), so notifiers do not
-wait on each other either, and their wake-ups coalesce in the waker. A notifier
-may read a waker just before the consumer unregisters it and wake it late: that
-only makes the consumer's next :meth:`Waker.park` on it return at once, and the
-consumer checks its predicate again. A notify with nobody registered is one
-read of the slot; when that read finds a waker, the notify reads the slot again
-for the call, and does nothing if it is ``None`` by then: the consumer has left
-since, and it checks its predicate again at its next wait before it parks.
+and the steps of :meth:`Waker.wake`, which never wait (see above), so notifiers
+do not wait on each other either, and their wake-ups coalesce in the waker. A
+notifier may read a waker just before the consumer unregisters it and wake it
+late: that only makes the consumer's next :meth:`Waker.park` on it return at
+once, and the consumer checks its predicate again. A notify with nobody
+registered is one read of the slot; when that read finds a waker, the notify
+reads the slot again for the call, and does nothing if it is ``None`` by then:
+the consumer has left since, and it checks its predicate again at its next wait
+before it parks.
 
 :meth:`~DiatomicWaker.wait_until` keeps to one consumer with a one-element list
 of which the waiting task pops the element and pushes it back when it leaves:
