@@ -50,6 +50,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _sigint_raises_keyboard_interrupt() -> Iterator[None]:
+    """Python's own SIGINT handler, for every test here: a process that starts
+    with SIGINT ignored (as a shell starts a command it runs in the background)
+    does not install it, and trio then leaves SIGINT alone too."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class OpcodeHook:
     """Calls ``action(frame, n)`` before the n-th bytecode run in the package
     while the hook is installed (in the thread that installed it), inside a
