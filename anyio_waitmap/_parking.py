@@ -34,12 +34,17 @@ T = TypeVar("T")
 PENDING: Final = 0
 VALUE: Final = 1
 ERROR: Final = 2
+# ABORTED and DEAD come last: `state >= ABORTED` tests for either.
 ABORTED: Final = 3
 DEAD: Final = 4  # its event loop finished before it could be resumed
 
 
 class Lock(Protocol):
     """What :class:`ParkedTask` needs of a lock: :class:`threading.Lock` or RLock."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
 
     def __enter__(self) -> bool: ...
 
@@ -111,13 +116,20 @@ class ParkedTask(Generic[T]):
 
     def _abort(self) -> bool:
         """Try to end the wait because the task is leaving; True if it may leave."""
-        with self._lock:
-            state = self._state
-            if state == PENDING:
+        if self._state >= ABORTED:
+            # ABORTED or DEAD, which are final: no lock needed. On trio this is
+            # the second call of a cancelled wait, after the abort function's.
+            return True
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state == PENDING:
                 self._state = ABORTED
                 self._on_abort()
                 return True
-            return state in (ABORTED, DEAD)
+            return self._state >= ABORTED
+        finally:
+            lock.release()
 
     async def park(self) -> T:
         """Wait until the waiter is woken or thrown into; await it once.
