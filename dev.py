@@ -33,8 +33,8 @@ EXTRAS = {"demo": "demo", "test": "test", "bench": "bench", "mutate": "mutation"
 BENCHMARKS = (
     ("fanin", ["--rounds", "11"]),
     ("wakers", ["--rounds", "11"]),
-    ("cancel_memory", ["--rounds", "9"]),
-    ("scale", ["--rounds", "3", "--large-rounds", "3", "--max-keys", "1000000"]),
+    ("cancel_memory", ["--rounds", "15"]),
+    ("scale", ["--rounds", "11", "--large-rounds", "3", "--max-keys", "1000000"]),
     ("rpc_tcp", ["--rounds", "5"]),
     ("hotpath", ["--repeat", "5"]),
     ("breakdown", []),

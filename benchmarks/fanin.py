@@ -88,6 +88,41 @@ async def asyncio_waitmap() -> None:
     await asyncio.gather(*tasks)
 
 
+async def asyncio_waitmap_store() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    tasks = [asyncio.create_task(wm.wait(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        wm[key] = key  # stored, and handed to the waiter
+    await asyncio.gather(*tasks)
+
+
+async def asyncio_waitmap_take() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    tasks = [asyncio.create_task(wm.take(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        wm.wake(key, key)
+    await asyncio.gather(*tasks)
+
+
+async def asyncio_event_slot() -> None:
+    events: dict[int, asyncio.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = asyncio.Event()
+        await event.wait()
+        return values.pop(key)
+
+    tasks = [asyncio.create_task(task(key)) for key in range(N)]
+    await asyncio.sleep(0)
+    for key in range(N):
+        values[key] = key
+        events.pop(key).set()
+    await asyncio.gather(*tasks)
+
+
 async def asyncio_anyio_event() -> None:
     events: dict[int, anyio.Event] = {}
     values: dict[int, int] = {}
@@ -172,6 +207,44 @@ async def trio_waitmap() -> None:
             wm.wake(key, key)
 
 
+async def trio_waitmap_store() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(wm.wait, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            wm[key] = key  # stored, and handed to the waiter
+
+
+async def trio_waitmap_take() -> None:
+    wm: WaitMap[int, int] = WaitMap()
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(wm.take, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            wm.wake(key, key)
+
+
+async def trio_event_slot() -> None:
+    events: dict[int, trio.Event] = {}
+    values: dict[int, int] = {}
+
+    async def task(key: int) -> int:
+        event = events[key] = trio.Event()
+        await event.wait()
+        return values.pop(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+        await trio.testing.wait_all_tasks_blocked()
+        for key in range(N):
+            values[key] = key
+            events.pop(key).set()
+
+
 async def trio_anyio_event() -> None:
     events: dict[int, anyio.Event] = {}
     values: dict[int, int] = {}
@@ -227,11 +300,16 @@ async def trio_aiologic_event() -> None:
 
 
 Runner = Callable[[Callable[[], Awaitable[None]]], None]
+# The first row of each loop spawns tasks that do nothing (subtracted from the
+# others); the second is the raw mechanism (the ratios' base).
 ASYNCIO_ROWS = [
     asyncio_spawn_only,
     asyncio_raw_futures,
     asyncio_floor,
     asyncio_waitmap,
+    asyncio_waitmap_store,
+    asyncio_waitmap_take,
+    asyncio_event_slot,
     asyncio_anyio_event,
     asyncio_aiologic_event,
 ]
@@ -240,6 +318,9 @@ TRIO_ROWS = [
     trio_raw_reschedule,
     trio_floor,
     trio_waitmap,
+    trio_waitmap_store,
+    trio_waitmap_take,
+    trio_event_slot,
     trio_anyio_event,
     trio_parking_lot,
     trio_aiologic_event,
@@ -248,6 +329,12 @@ LOOPS: dict[str, tuple[Runner, list[Callable[[], Awaitable[None]]]]] = {
     "asyncio": (lambda main: asyncio.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
     "uvloop": (lambda main: uvloop.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
     "trio": (trio.run, TRIO_ROWS),
+}
+# The WaitMap row of each loop, which scale.py follows as the keys grow.
+WAITMAP_ROWS: dict[str, Callable[[], Awaitable[None]]] = {
+    "asyncio": asyncio_waitmap,
+    "uvloop": asyncio_waitmap,
+    "trio": trio_waitmap,
 }
 
 

@@ -53,7 +53,11 @@ def main() -> None:
         f"{'ours/raw':>8} {'rounds':>6} {'wall':>7} {'peak RSS':>9}"
     )
     for loop_name, (run, rows) in fanin.LOOPS.items():
-        spawn, raw, ours = rows[0], rows[1], rows[2]
+        spawn, raw, ours = rows[0], rows[1], fanin.WAITMAP_ROWS[loop_name]
+        print(
+            f"  {loop_name:8} rows: {raw.__name__} and {ours.__name__}, net of "
+            f"{spawn.__name__}"
+        )
         first: dict[str, float] = {}
         report["loops"][loop_name] = {}
         for size in sizes:
