@@ -37,6 +37,7 @@ BENCHMARKS = (
     ("scale", ["--rounds", "11", "--large-rounds", "3", "--max-keys", "1000000"]),
     ("rpc_tcp", ["--rounds", "5"]),
     ("hotpath", ["--repeat", "5"]),
+    ("steps", ["--rounds", "11"]),
     ("breakdown", []),
 )
 

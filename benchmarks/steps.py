@@ -1,0 +1,242 @@
+"""From the floor to WaitMap, one step at a time (keyed fan-in, asyncio).
+
+``fanin.py`` shows how much a ``WaitMap`` hand-over costs more than the floor
+(``_floor.py``: the least a thread-safe keyed hand-over with the same guarantees
+does). This script splits that gap: each row is the row before it with one
+more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
+
+* ``floor``: ``_floor.AsyncioFloor``.
+* ``+ binding``: the loop found with the package's ``current_binding()``
+  (which also checks that a task is running, and serves tasks of any loop)
+  and the future made by the binding, instead of ``asyncio.get_running_loop()``.
+* ``+ RLock``: the map's reentrant lock instead of a ``threading.Lock``.
+* ``+ waiter object``: ``WaitMap``'s waiter (nine fields, made by its
+  ``__init__``) and the binding's ``park()``, instead of a two-field slot.
+* ``+ unpark call``: the wake-up through the binding's ``unpark()``, instead of
+  the same checks written inline.
+* ``WaitMap``: what remains: stored values looked up at each wait, the closed
+  flag, the ``exclusive`` check, several waiters per key, the counts behind
+  ``statistics()``, and the method calls that hold it together.
+
+Per key, net of spawning and finishing the tasks (the spawn-only row of the
+same round subtracted), on asyncio and asyncio+uvloop (trio parks another
+way, and ``fanin.py`` has its floor); rows sampled in interleaved rounds, each
+sample in a fresh event loop, with the cyclic GC collected before and disabled
+during the sample.
+
+    python benchmarks/steps.py [--keys 10000] [--rounds 11] [--json FILE] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+from asyncio.events import _get_running_loop
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+from _floor import AsyncioFloor, _Slot
+from _timing import print_machine, sample, summarize
+
+from anyio_waitmap import WaitMap
+from anyio_waitmap._backends import current_binding
+from anyio_waitmap._parking import VALUE
+from anyio_waitmap._waitmap import _Waiter
+
+N = 10_000
+
+
+class BindingFloor(AsyncioFloor):
+    """The floor, with the loop found and the future made by the binding."""
+
+    async def wait(self, key: object) -> Any:
+        binding = current_binding("benchmark")
+        slot = _Slot(binding.new_handle())
+        lock = self._lock
+        lock.acquire()
+        self._slots[key] = slot
+        lock.release()
+        try:
+            await slot.handle
+        except BaseException:
+            lock.acquire()
+            try:
+                if self._slots.get(key) is slot:  # not woken: leave
+                    del self._slots[key]
+                    raise
+            finally:
+                lock.release()
+        return slot.value
+
+
+class RLockFloor(BindingFloor):
+    """And the map's reentrant lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()  # type: ignore[assignment]
+
+
+class WaiterFloor(RLockFloor):
+    """And WaitMap's waiter object, parked through the binding."""
+
+    async def wait(self, key: object) -> Any:
+        binding = current_binding("benchmark")
+        lock = self._lock
+        lock.acquire()
+        try:
+            waiter: Any = _Waiter(self, binding, key, None, False)  # type: ignore[arg-type]
+            self._slots[key] = waiter
+        finally:
+            lock.release()
+        try:
+            await binding.park(waiter)
+        except BaseException as exc:
+            if waiter._abort():
+                raise
+            return waiter._outcome_after(exc)
+        if waiter._state == VALUE:
+            return waiter._result
+        return waiter._outcome()
+
+    def _remove(self, key: object, waiter: object) -> None:
+        # What a cancelled _Waiter calls on its map (with the lock held).
+        if self._slots.get(key) is waiter:
+            del self._slots[key]
+
+    def wake(self, key: object, value: object) -> bool:
+        lock = self._lock
+        lock.acquire()
+        try:
+            waiter: Any = self._slots.pop(key, None)
+            if waiter is None:
+                return False
+            waiter._result = value
+            waiter._state = VALUE
+            future = waiter._handle
+            loop = future.get_loop()
+            if _get_running_loop() is loop:
+                future.set_result(None)
+            else:
+                loop.call_soon_threadsafe(future.set_result, None)
+            return True
+        finally:
+            lock.release()
+
+
+class UnparkFloor(WaiterFloor):
+    """And the wake-up through the binding's unpark()."""
+
+    def wake(self, key: object, value: object) -> bool:
+        lock = self._lock
+        lock.acquire()
+        try:
+            waiter: Any = self._slots.pop(key, None)
+            if waiter is None:
+                return False
+            waiter._result = value
+            waiter._state = VALUE
+            return bool(waiter._binding.unpark(waiter._handle))
+        finally:
+            lock.release()
+
+
+async def spawn_only() -> None:
+    async def task(key: int) -> None:
+        pass
+
+    await asyncio.gather(*[asyncio.create_task(task(key)) for key in range(N)])
+
+
+def fan_in(make: Callable[[], Any], name: str) -> Callable[[], Awaitable[None]]:
+    """A keyed fan-in over what ``make()`` returns (``wait`` and ``wake``)."""
+
+    async def row() -> None:
+        target = make()
+        tasks = [asyncio.create_task(target.wait(key)) for key in range(N)]
+        await asyncio.sleep(0)
+        for key in range(N):
+            target.wake(key, key)
+        await asyncio.gather(*tasks)
+
+    row.__name__ = name
+    return row
+
+
+ROWS: list[Callable[[], Awaitable[None]]] = [
+    spawn_only,
+    fan_in(AsyncioFloor, "floor"),
+    fan_in(BindingFloor, "+ binding"),
+    fan_in(RLockFloor, "+ RLock"),
+    fan_in(WaiterFloor, "+ waiter object"),
+    fan_in(UnparkFloor, "+ unpark call"),
+    fan_in(WaitMap, "WaitMap"),
+]
+LOOPS: dict[str, Callable[[Callable[[], Awaitable[None]]], None]] = {
+    "asyncio": lambda main: asyncio.run(main()),  # type: ignore[arg-type]
+    "uvloop": lambda main: uvloop.run(main()),  # type: ignore[arg-type]
+}
+
+
+def main() -> None:
+    global N
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=N)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--json", help="write the raw samples (seconds) here")
+    parser.add_argument("--quick", action="store_true", help="check that it runs")
+    options = parser.parse_args()
+    N = options.keys
+    if options.quick:
+        N, options.rounds = 50, 1
+    print(f"steps.py: {N:,} keys, --rounds {options.rounds}")
+    report: dict[str, Any] = {"machine": print_machine(), "keys": N, "loops": {}}
+    print(
+        "(median over the rounds; step = median minus the row above; spread = "
+        "interquartile range / median; ratio = median / median of the floor row)"
+    )
+    print(
+        "from the floor to WaitMap, one step at a time (keyed fan-in, ns per key, "
+        "net of spawning and finishing the tasks)"
+    )
+    print(
+        f"  {'loop':8} {'row':18} {'ns/key median':>14} {'step':>7} "
+        f"{'spread':>7}  ratio"
+    )
+    for loop, run in LOOPS.items():
+        for row in ROWS:  # warm-up, untimed
+            sample(run, row)
+        samples: dict[str, list[float]] = {row.__name__: [] for row in ROWS}
+        for _ in range(options.rounds):
+            for row in ROWS:
+                samples[row.__name__].append(sample(run, row))
+        spawn = samples.pop(spawn_only.__name__)
+        net = {
+            name: summarize(
+                [t - s for t, s in zip(values, spawn, strict=True)], 1e9 / N
+            )
+            for name, values in samples.items()
+        }
+        floor = net["floor"].median
+        previous: float | None = None
+        for name, summary in net.items():
+            step = "" if previous is None else f"{summary.median - previous:+7,.0f}"
+            print(
+                f"  {loop:8} {name:18} {summary.median:14,.0f} {step:>7} "
+                f"{summary.spread:7.0%}  {summary.median / floor:5.2f}x floor"
+            )
+            previous = summary.median
+        report["loops"][loop] = {
+            "samples": {"spawn_only": spawn, **samples},
+            "net_ns_per_key": {name: s.median for name, s in net.items()},
+        }
+    if options.json:
+        with open(options.json, "w") as file:
+            json.dump(report, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
