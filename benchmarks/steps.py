@@ -1,4 +1,4 @@
-"""From the floor to WaitMap, one step at a time (keyed fan-in, asyncio).
+"""From the floor to WaitMap, one step at a time (keyed fan-in).
 
 ``fanin.py`` shows how much a ``WaitMap`` hand-over costs more than the floor
 (``_floor.py``: the least a thread-safe keyed hand-over with the same guarantees
@@ -18,11 +18,14 @@ more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
   flag, the ``exclusive`` check, several waiters per key, the counts behind
   ``statistics()``, and the method calls that hold it together.
 
+On trio the same steps start from ``_floor.TrioFloor``, and the binding's
+lookup replaces no lookup at all: the trio floor is made in one run and serves
+only that one.
+
 Per key, net of spawning and finishing the tasks (the spawn-only row of the
-same round subtracted), on asyncio and asyncio+uvloop (trio parks another
-way, and ``fanin.py`` has its floor); rows sampled in interleaved rounds, each
-sample in a fresh event loop, with the cyclic GC collected before and disabled
-during the sample.
+same round subtracted), on asyncio, asyncio+uvloop and trio; rows sampled in
+interleaved rounds, each sample in a fresh event loop, with the cyclic GC
+collected before and disabled during the sample.
 
     python benchmarks/steps.py [--keys 10000] [--rounds 11] [--json FILE] [--quick]
 """
@@ -37,8 +40,11 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+import trio.lowlevel
+import trio.testing
 import uvloop
-from _floor import AsyncioFloor, _Slot
+from _floor import AsyncioFloor, TrioFloor, _Slot
 from _timing import print_machine, sample, summarize
 
 from anyio_waitmap import WaitMap
@@ -144,6 +150,70 @@ class UnparkFloor(WaiterFloor):
             lock.release()
 
 
+class TrioBindingFloor(TrioFloor):
+    """The trio floor, with the run found and the task read by the binding."""
+
+    async def wait(self, key: object) -> Any:
+        binding = current_binding("benchmark")
+        slot = _Slot(binding.new_handle())
+        lock = self._lock
+        slots = self._slots
+        lock.acquire()
+        slots[key] = slot
+        lock.release()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            lock.acquire()
+            try:
+                if slots.get(key) is slot:  # not woken: leave
+                    del slots[key]
+                    return trio.lowlevel.Abort.SUCCEEDED
+                return trio.lowlevel.Abort.FAILED
+            finally:
+                lock.release()
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        return slot.value
+
+
+class TrioRLockFloor(TrioBindingFloor):
+    """And the map's reentrant lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()  # type: ignore[assignment]
+
+
+class TrioWaiterFloor(TrioRLockFloor):
+    """And WaitMap's waiter object, parked through the binding."""
+
+    wait = WaiterFloor.wait
+    _remove = WaiterFloor._remove
+
+    def wake(self, key: object, value: object) -> bool:
+        lock = self._lock
+        lock.acquire()
+        try:
+            waiter: Any = self._slots.pop(key, None)
+            if waiter is None:
+                return False
+            waiter._result = value
+            waiter._state = VALUE
+            if threading.get_ident() == self._thread:
+                trio.lowlevel.reschedule(waiter._handle)
+            else:
+                self._token.run_sync_soon(trio.lowlevel.reschedule, waiter._handle)
+            return True
+        finally:
+            lock.release()
+
+
+class TrioUnparkFloor(TrioWaiterFloor):
+    """And the wake-up through the binding's unpark()."""
+
+    wake = UnparkFloor.wake
+
+
 async def spawn_only() -> None:
     async def task(key: int) -> None:
         pass
@@ -166,7 +236,33 @@ def fan_in(make: Callable[[], Any], name: str) -> Callable[[], Awaitable[None]]:
     return row
 
 
-ROWS: list[Callable[[], Awaitable[None]]] = [
+async def trio_spawn_only() -> None:
+    async def task(key: int) -> None:
+        pass
+
+    async with trio.open_nursery() as nursery:
+        for key in range(N):
+            nursery.start_soon(task, key)
+
+
+def trio_fan_in(make: Callable[[], Any], name: str) -> Callable[[], Awaitable[None]]:
+    """The trio twin of :func:`fan_in`."""
+
+    async def row() -> None:
+        target = make()
+        async with trio.open_nursery() as nursery:
+            for key in range(N):
+                nursery.start_soon(target.wait, key)
+            await trio.testing.wait_all_tasks_blocked()
+            for key in range(N):
+                target.wake(key, key)
+
+    row.__name__ = name
+    return row
+
+
+Row = Callable[[], Awaitable[None]]
+ASYNCIO_ROWS: list[Row] = [
     spawn_only,
     fan_in(AsyncioFloor, "floor"),
     fan_in(BindingFloor, "+ binding"),
@@ -175,9 +271,20 @@ ROWS: list[Callable[[], Awaitable[None]]] = [
     fan_in(UnparkFloor, "+ unpark call"),
     fan_in(WaitMap, "WaitMap"),
 ]
-LOOPS: dict[str, Callable[[Callable[[], Awaitable[None]]], None]] = {
-    "asyncio": lambda main: asyncio.run(main()),  # type: ignore[arg-type]
-    "uvloop": lambda main: uvloop.run(main()),  # type: ignore[arg-type]
+TRIO_ROWS: list[Row] = [
+    trio_spawn_only,
+    trio_fan_in(TrioFloor, "floor"),
+    trio_fan_in(TrioBindingFloor, "+ binding"),
+    trio_fan_in(TrioRLockFloor, "+ RLock"),
+    trio_fan_in(TrioWaiterFloor, "+ waiter object"),
+    trio_fan_in(TrioUnparkFloor, "+ unpark call"),
+    trio_fan_in(WaitMap, "WaitMap"),
+]
+# The first row of each loop spawns tasks that do nothing (subtracted).
+LOOPS: dict[str, tuple[Callable[[Row], None], list[Row]]] = {
+    "asyncio": (lambda main: asyncio.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
+    "uvloop": (lambda main: uvloop.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
+    "trio": (trio.run, TRIO_ROWS),
 }
 
 
@@ -206,14 +313,14 @@ def main() -> None:
         f"  {'loop':8} {'row':18} {'ns/key median':>14} {'step':>7} "
         f"{'spread':>7}  ratio"
     )
-    for loop, run in LOOPS.items():
-        for row in ROWS:  # warm-up, untimed
+    for loop, (run, rows) in LOOPS.items():
+        for row in rows:  # warm-up, untimed
             sample(run, row)
-        samples: dict[str, list[float]] = {row.__name__: [] for row in ROWS}
+        samples: dict[str, list[float]] = {row.__name__: [] for row in rows}
         for _ in range(options.rounds):
-            for row in ROWS:
+            for row in rows:
                 samples[row.__name__].append(sample(run, row))
-        spawn = samples.pop(spawn_only.__name__)
+        spawn = samples.pop(rows[0].__name__)
         net = {
             name: summarize(
                 [t - s for t, s in zip(values, spawn, strict=True)], 1e9 / N
