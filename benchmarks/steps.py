@@ -5,7 +5,7 @@
 does). This script splits that gap: each row is the row before it with one
 more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
 
-* ``floor``: ``_floor.AsyncioFloor``.
+* ``floor``: ``_floor.AsyncioFloor``, the floor row of ``fanin.py``.
 * ``+ binding``: the loop found with the package's ``current_binding()``
   (which also checks that a task is running, and serves tasks of any loop)
   and the future made by the binding, instead of ``asyncio.get_running_loop()``.
@@ -14,9 +14,10 @@ more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
   ``__init__``) and the binding's ``park()``, instead of a two-field slot.
 * ``+ unpark call``: the wake-up through the binding's ``unpark()``, instead of
   the same checks written inline.
-* ``WaitMap``: what remains: stored values looked up at each wait, the closed
-  flag, the ``exclusive`` check, several waiters per key, the counts behind
-  ``statistics()``, and the method calls that hold it together.
+* ``WaitMap``: the ``WaitMap`` row of ``fanin.py``. What remains: stored
+  values looked up at each wait, the closed flag, the ``exclusive`` check,
+  several waiters per key, the counts behind ``statistics()``, and the method
+  calls that hold it together.
 
 On trio the same steps start from ``_floor.TrioFloor``, and the binding's
 lookup replaces no lookup at all: the trio floor is made in one run and serves
@@ -40,19 +41,16 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import fanin
 import trio
 import trio.lowlevel
 import trio.testing
-import uvloop
 from _floor import AsyncioFloor, TrioFloor, _Slot
 from _timing import print_machine, sample, summarize
 
-from anyio_waitmap import WaitMap
 from anyio_waitmap._backends import current_binding
 from anyio_waitmap._parking import VALUE
 from anyio_waitmap._waitmap import _Waiter
-
-N = 10_000
 
 
 class BindingFloor(AsyncioFloor):
@@ -214,91 +212,78 @@ class TrioUnparkFloor(TrioWaiterFloor):
     wake = UnparkFloor.wake
 
 
-async def spawn_only() -> None:
-    async def task(key: int) -> None:
-        pass
-
-    await asyncio.gather(*[asyncio.create_task(task(key)) for key in range(N)])
+Row = Callable[[], Awaitable[None]]
 
 
-def fan_in(make: Callable[[], Any], name: str) -> Callable[[], Awaitable[None]]:
-    """A keyed fan-in over what ``make()`` returns (``wait`` and ``wake``)."""
+def fan_in(make: Callable[[], Any]) -> Row:
+    """``fanin.py``'s keyed fan-in over what ``make()`` returns, on asyncio."""
 
     async def row() -> None:
         target = make()
-        tasks = [asyncio.create_task(target.wait(key)) for key in range(N)]
+        keys = range(fanin.N)
+        tasks = [asyncio.create_task(target.wait(key)) for key in keys]
         await asyncio.sleep(0)
-        for key in range(N):
+        for key in keys:
             target.wake(key, key)
         await asyncio.gather(*tasks)
 
-    row.__name__ = name
     return row
 
 
-async def trio_spawn_only() -> None:
-    async def task(key: int) -> None:
-        pass
-
-    async with trio.open_nursery() as nursery:
-        for key in range(N):
-            nursery.start_soon(task, key)
-
-
-def trio_fan_in(make: Callable[[], Any], name: str) -> Callable[[], Awaitable[None]]:
+def trio_fan_in(make: Callable[[], Any]) -> Row:
     """The trio twin of :func:`fan_in`."""
 
     async def row() -> None:
         target = make()
+        keys = range(fanin.N)
         async with trio.open_nursery() as nursery:
-            for key in range(N):
+            for key in keys:
                 nursery.start_soon(target.wait, key)
             await trio.testing.wait_all_tasks_blocked()
-            for key in range(N):
+            for key in keys:
                 target.wake(key, key)
 
-    row.__name__ = name
     return row
 
 
-Row = Callable[[], Awaitable[None]]
-ASYNCIO_ROWS: list[Row] = [
-    spawn_only,
-    fan_in(AsyncioFloor, "floor"),
-    fan_in(BindingFloor, "+ binding"),
-    fan_in(RLockFloor, "+ RLock"),
-    fan_in(WaiterFloor, "+ waiter object"),
-    fan_in(UnparkFloor, "+ unpark call"),
-    fan_in(WaitMap, "WaitMap"),
+# Each loop's rows, labelled: first the spawn-only row (subtracted from the
+# others), then the steps. The floor, WaitMap and spawn-only rows are fanin.py's.
+ASYNCIO_ROWS: list[tuple[str, Row]] = [
+    ("spawn only", fanin.asyncio_spawn_only),
+    ("floor", fanin.asyncio_floor),
+    ("+ binding", fan_in(BindingFloor)),
+    ("+ RLock", fan_in(RLockFloor)),
+    ("+ waiter object", fan_in(WaiterFloor)),
+    ("+ unpark call", fan_in(UnparkFloor)),
+    ("WaitMap", fanin.asyncio_waitmap),
 ]
-TRIO_ROWS: list[Row] = [
-    trio_spawn_only,
-    trio_fan_in(TrioFloor, "floor"),
-    trio_fan_in(TrioBindingFloor, "+ binding"),
-    trio_fan_in(TrioRLockFloor, "+ RLock"),
-    trio_fan_in(TrioWaiterFloor, "+ waiter object"),
-    trio_fan_in(TrioUnparkFloor, "+ unpark call"),
-    trio_fan_in(WaitMap, "WaitMap"),
+TRIO_ROWS: list[tuple[str, Row]] = [
+    ("spawn only", fanin.trio_spawn_only),
+    ("floor", fanin.trio_floor),
+    ("+ binding", trio_fan_in(TrioBindingFloor)),
+    ("+ RLock", trio_fan_in(TrioRLockFloor)),
+    ("+ waiter object", trio_fan_in(TrioWaiterFloor)),
+    ("+ unpark call", trio_fan_in(TrioUnparkFloor)),
+    ("WaitMap", fanin.trio_waitmap),
 ]
-# The first row of each loop spawns tasks that do nothing (subtracted).
-LOOPS: dict[str, tuple[Callable[[Row], None], list[Row]]] = {
-    "asyncio": (lambda main: asyncio.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
-    "uvloop": (lambda main: uvloop.run(main()), ASYNCIO_ROWS),  # type: ignore[arg-type]
-    "trio": (trio.run, TRIO_ROWS),
+LOOPS: dict[str, tuple[Callable[[Row], None], list[tuple[str, Row]]]] = {
+    "asyncio": (fanin.LOOPS["asyncio"][0], ASYNCIO_ROWS),
+    "uvloop": (fanin.LOOPS["uvloop"][0], ASYNCIO_ROWS),
+    "trio": (fanin.LOOPS["trio"][0], TRIO_ROWS),
 }
 
 
 def main() -> None:
-    global N
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=N)
+    parser.add_argument("--keys", type=int, default=fanin.N)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--json", help="write the raw samples (seconds) here")
     parser.add_argument("--quick", action="store_true", help="check that it runs")
     options = parser.parse_args()
-    N = options.keys
+    # fanin.py's rows, and the steps between them, all read fanin.N.
+    N = fanin.N = 50 if options.quick else options.keys
     if options.quick:
-        N, options.rounds = 50, 1
+        options.rounds = 1
     print(f"steps.py: {N:,} keys, --rounds {options.rounds}")
     report: dict[str, Any] = {"machine": print_machine(), "keys": N, "loops": {}}
     print(
@@ -314,13 +299,13 @@ def main() -> None:
         f"{'spread':>7}  ratio"
     )
     for loop, (run, rows) in LOOPS.items():
-        for row in rows:  # warm-up, untimed
+        for _, row in rows:  # warm-up, untimed
             sample(run, row)
-        samples: dict[str, list[float]] = {row.__name__: [] for row in rows}
+        samples: dict[str, list[float]] = {name: [] for name, _ in rows}
         for _ in range(options.rounds):
-            for row in rows:
-                samples[row.__name__].append(sample(run, row))
-        spawn = samples.pop(rows[0].__name__)
+            for name, row in rows:
+                samples[name].append(sample(run, row))
+        spawn = samples.pop(rows[0][0])
         net = {
             name: summarize(
                 [t - s for t, s in zip(values, spawn, strict=True)], 1e9 / N
