@@ -76,31 +76,45 @@ class ParkedTask(Generic[T]):
         """Hand ``value`` to the task if nothing else decided its fate yet.
 
         The owner's lock must be held. Returns True if the task will return
-        ``value`` from :meth:`park`.
+        ``value`` from :meth:`park`. Otherwise the state says why not: still
+        ``PENDING`` if the task is on its way out with a cancellation that came
+        first (it will unlink itself), ``DEAD`` if its event loop has finished.
+
+        Raises:
+            Exception: the call into the task's event loop failed
+                (:exc:`MemoryError`). The waiter is then ``DEAD`` as well: the
+                value was not handed over, and the task, which nothing can
+                resume any more, leaves when it is cancelled.
         """
         if self._state != PENDING:
             return False
         self._result = value
         self._state = VALUE
-        if self._binding.unpark(self._handle):
-            return True
-        self._state = DEAD
-        self._result = None
-        return False
+        return self._resume()
 
     def throw_locked(self, exc: BaseException) -> bool:
         """Make the task's :meth:`park` raise ``exc``, if nothing decided yet.
 
-        The owner's lock must be held. Returns True if the task will raise it.
+        The owner's lock must be held. Returns True if the task will raise it;
+        otherwise as :meth:`wake_locked`.
         """
         if self._state != PENDING:
             return False
         self._result = exc
         self._state = ERROR
-        if self._binding.unpark(self._handle):
+        return self._resume()
+
+    def _resume(self) -> bool:
+        try:
+            resumed = self._binding.unpark(self._handle)
+        except BaseException:
+            self._state = DEAD
+            self._result = None
+            raise
+        if resumed:
             return True
-        self._state = DEAD
         self._result = None
+        self._state = PENDING if resumed is None else DEAD
         return False
 
     # -- hooks ---------------------------------------------------------------------
@@ -134,7 +148,9 @@ class ParkedTask(Generic[T]):
     async def park(self) -> T:
         """Wait until the waiter is woken or thrown into; await it once.
 
-        Must be awaited by the task that created the waiter. This is a checkpoint.
+        Must be awaited by the task that created the waiter. This is a
+        checkpoint, also when the waiter was woken before it parked (by its own
+        task, say).
 
         Returns:
             The value handed over by a wake. If the task is cancelled after the
@@ -146,8 +162,14 @@ class ParkedTask(Generic[T]):
                 backend's cancellation exception if the task was cancelled before
                 anything was handed over (``on_abort`` has then been called).
         """
+        binding = self._binding
         try:
-            await self._binding.park(self)
+            if self._state == PENDING:
+                await binding.park(self)
+            else:
+                # Decided before the task parked (woken by its own thread, say):
+                # still a checkpoint, and what was handed over is kept.
+                await binding.park_decided(self)
         except BaseException as exc:
             if self._abort():
                 raise

@@ -42,7 +42,7 @@ class WakeSink(ConsumerSlot):
 
     __slots__ = ("__weakref__",)
 
-    _wait_until_name = "WakeSink.wait_until"
+    _wait_until_name = "WakeSink.wait_until()"
 
     def source(self) -> WakeSource:
         """Return a handle that producers can :meth:`~WakeSource.notify` through."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -25,7 +25,7 @@ from ._outcomes import (
     new_outcome,
     store_no_match_value,
 )
-from ._parking import DEAD, PENDING, VALUE, ParkedTask, new_lock
+from ._parking import ABORTED, DEAD, PENDING, VALUE, ParkedTask, new_lock
 
 if TYPE_CHECKING:
     from ._backends._base import Binding
@@ -70,6 +70,15 @@ class _Waiter(ParkedTask[V]):
     def _on_abandon(self, value: V) -> None:
         if self.taker:
             self.map._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
+
+
+def _unlinked_unresumed(waiter: _Waiter[Any]) -> None:
+    """For a waiter that a hand-over unlinked and did not resume: its event loop
+    has finished (DEAD), or its task is on its way out of its park with a
+    cancellation that came first (still PENDING). Then it is marked as left,
+    so that it does not unlink itself again."""
+    if waiter._state == PENDING:  # pyright: ignore[reportPrivateUsage]
+        waiter._state = ABORTED  # pyright: ignore[reportPrivateUsage]
 
 
 @final
@@ -146,18 +155,22 @@ class WaitMap(MutableMapping[K, V]):
             WaitMapClosed: the map is or gets closed.
             TypeError: ``key`` is not hashable.
         """
-        binding = current_binding("WaitMap.wait")
+        binding = current_binding("WaitMap.wait()")
         lock = self._lock
-        lock.acquire()
         try:
-            if self._closed:
-                self._refuse_closed("wait()")
-            value = self._data.get(key, _MISSING)
-            waiter = (
-                self._link(binding, key, None, False) if value is _MISSING else None
-            )
-        finally:
-            lock.release()
+            lock.acquire()
+            try:
+                if self._closed:
+                    self._refuse_closed("wait()")
+                value = self._data.get(key, _MISSING)
+                waiter = (
+                    self._link(binding, key, None, False) if value is _MISSING else None
+                )
+            finally:
+                lock.release()
+        except (WaitMapClosed, DuplicateWaiter):
+            await binding.checkpoint_if_cancelled()  # a cancellation comes first
+            raise
         if waiter is not None:
             try:
                 await binding.park(waiter)
@@ -188,18 +201,25 @@ class WaitMap(MutableMapping[K, V]):
             WaitMapClosed: the map is or gets closed.
             TypeError: ``key`` is not hashable.
         """
-        binding = current_binding("WaitMap.take")
+        binding = current_binding("WaitMap.take()")
         lock = self._lock
-        lock.acquire()
         try:
-            if self._closed:
-                self._refuse_closed("take()")
-            waiter = None if key in self._data else self._link(binding, key, None, True)
-        finally:
-            lock.release()
+            lock.acquire()
+            try:
+                if self._closed:
+                    self._refuse_closed("take()")
+                waiter = (
+                    None if key in self._data else self._link(binding, key, None, True)
+                )
+            finally:
+                lock.release()
+        except (WaitMapClosed, DuplicateWaiter):
+            await binding.checkpoint_if_cancelled()  # a cancellation comes first
+            raise
         if waiter is None:
-            # A value is stored: check for cancellation before consuming it, then
-            # yield without letting a cancellation take the value away again.
+            # A value is stored. A pending cancellation is raised before
+            # anything is consumed; then the value is taken, and the task yields
+            # without letting a cancellation take it away again.
             await binding.checkpoint_if_cancelled()
             lock.acquire()
             try:
@@ -262,28 +282,35 @@ class WaitMap(MutableMapping[K, V]):
                 f"wait_for() needs a callable predicate, got "
                 f"{type(predicate).__name__!r} object"
             )
-        binding = current_binding("WaitMap.wait_for")
+        binding = current_binding("WaitMap.wait_for()")
+        # The predicate is the caller's code: it does not run for a task whose
+        # cancellation is pending.
+        await binding.checkpoint_if_cancelled()
         lock = self._lock
-        lock.acquire()
         try:
-            if self._closed:
-                self._refuse_closed("wait_for()")
-            value = self._data.get(key, _MISSING)
-            if value is not _MISSING:
-                self._dispatching = True
-                try:
-                    matched = predicate(cast("V", value))
-                finally:
-                    self._dispatching = False
-                if not matched:
-                    value = _MISSING
-            waiter = (
-                self._link(binding, key, predicate, False)
-                if value is _MISSING
-                else None
-            )
-        finally:
-            lock.release()
+            lock.acquire()
+            try:
+                if self._closed:
+                    self._refuse_closed("wait_for()")
+                value = self._data.get(key, _MISSING)
+                if value is not _MISSING:
+                    self._dispatching = True
+                    try:
+                        matched = predicate(cast("V", value))
+                    finally:
+                        self._dispatching = False
+                    if not matched:
+                        value = _MISSING
+                waiter = (
+                    self._link(binding, key, predicate, False)
+                    if value is _MISSING
+                    else None
+                )
+            finally:
+                lock.release()
+        except (WaitMapClosed, DuplicateWaiter):
+            await binding.checkpoint_if_cancelled()  # a cancellation comes first
+            raise
         if waiter is not None:
             try:
                 await binding.park(waiter)
@@ -343,9 +370,15 @@ class WaitMap(MutableMapping[K, V]):
                 # ParkedTask.wake_locked(), inlined: a linked waiter is pending.
                 entry._result = value  # pyright: ignore[reportPrivateUsage]
                 entry._state = VALUE  # pyright: ignore[reportPrivateUsage]
-                if entry._binding.unpark(entry._handle):  # pyright: ignore[reportPrivateUsage]
+                try:
+                    resumed = entry._binding.unpark(entry._handle)  # pyright: ignore[reportPrivateUsage]
+                except BaseException:
+                    entry._state = DEAD  # pyright: ignore[reportPrivateUsage]
+                    entry._result = None  # pyright: ignore[reportPrivateUsage]
+                    raise
+                if resumed:
                     return _WOKE_ONE
-                entry._state = DEAD  # pyright: ignore[reportPrivateUsage]
+                entry._state = DEAD if resumed is False else ABORTED  # pyright: ignore[reportPrivateUsage]
                 entry._result = None  # pyright: ignore[reportPrivateUsage]
                 return NoMatch(value)
             woken, _, interrupt = self._dispatch(key, value, entry)
@@ -419,9 +452,8 @@ class WaitMap(MutableMapping[K, V]):
             entry = self._waiting.pop(key, None)
             if entry is None:
                 return 0
-            waiters = tuple(entry) if isinstance(entry, dict) else (entry,)
-            self._tasks_waiting -= len(waiters)
-            return sum([waiter.throw_locked(KeyCancelled(key)) for waiter in waiters])
+            self._tasks_waiting -= len(entry) if isinstance(entry, dict) else 1
+            return self._throw([(key, entry)], KeyCancelled)
 
     def cancel_all(self) -> int:
         """:meth:`cancel` every key that has waiting tasks.
@@ -593,19 +625,46 @@ class WaitMap(MutableMapping[K, V]):
 
     def _remove(self, key: Any, waiter: _Waiter[Any]) -> None:
         waiting = self._waiting
-        entry = waiting.get(key)
-        if entry is waiter:
-            del waiting[key]
-        elif isinstance(entry, dict) and waiter in entry:
-            # Only the first branch hashes the key, which may raise: then
-            # nothing has changed yet.
-            if len(entry) == 1:
+        linked = True
+        try:
+            entry = waiting.get(key)
+            if entry is waiter:
                 del waiting[key]
-            else:
-                del entry[waiter]
-        else:  # pragma: no cover - would be a bookkeeping bug
+            elif isinstance(entry, dict) and waiter in entry:
+                # Only the first branch hashes the key, which may raise: then
+                # nothing has changed yet.
+                if len(entry) == 1:
+                    del waiting[key]
+                else:
+                    del entry[waiter]
+            else:  # pragma: no cover - would be a bookkeeping bug
+                linked = False
+        except Exception:
+            if waiter._state != ABORTED:  # pyright: ignore[reportPrivateUsage]
+                raise
+            # The task leaves (this is its _on_abort()), and its key no longer
+            # hashes or compares as it did when it was linked (its __hash__
+            # reads state that changed, say). The waiter must go all the same:
+            # on trio this runs in the abort function, which must not fail.
+            self._remove_by_identity(waiter)
+        if not linked:  # pragma: no cover - would be a bookkeeping bug
             raise AssertionError(f"waiter for {key!r} is not linked")
         self._tasks_waiting -= 1
+
+    def _remove_by_identity(self, waiter: _Waiter[Any]) -> None:
+        """Unlink ``waiter`` without hashing its key: O(keys waited on). A dict
+        finds a key by its hash, so dropping that key takes copying the other
+        entries into a new dict (which hashes their keys)."""
+        waiting = self._waiting
+        for entry in waiting.values():
+            if isinstance(entry, dict) and waiter in entry and len(entry) > 1:
+                del entry[waiter]  # hashes the waiter, by identity
+                return
+        self._waiting = {
+            key: entry
+            for key, entry in waiting.items()
+            if entry is not waiter and not (isinstance(entry, dict) and waiter in entry)
+        }
 
     def _matches(self, key: Any, waiter: _Waiter[V], value: V) -> bool:
         """Run a wait_for() predicate for ``value``.
@@ -618,7 +677,8 @@ class WaitMap(MutableMapping[K, V]):
                 return True
         except Exception as exc:
             self._remove(key, waiter)
-            waiter.throw_locked(exc)
+            if not waiter.throw_locked(exc):
+                _unlinked_unresumed(waiter)
             return False
         finally:
             self._dispatching = False
@@ -630,10 +690,12 @@ class WaitMap(MutableMapping[K, V]):
         """Hand ``value`` to the waiters of ``key``.
 
         Returns the number of tasks woken, whether a taker took the value, and
-        the first exception that is not an :exc:`Exception` (KeyboardInterrupt,
-        say) raised by a predicate: the hand-over to the other waiters is
-        finished first, and the caller raises it once the map is consistent.
-        The waiter whose predicate raised it stays registered.
+        the first exception that the hand-over could not keep from the caller,
+        to be raised once the map is consistent: one that is not an
+        :exc:`Exception` (KeyboardInterrupt, say) raised by a predicate, whose
+        waiter stays registered, or one raised by the call into a waiter's
+        event loop (MemoryError), whose waiter is then left out as one whose
+        loop is gone. The hand-over to the other waiters is finished first.
         """
         if not isinstance(entry, dict):
             # One waiter, the common case.
@@ -644,10 +706,18 @@ class WaitMap(MutableMapping[K, V]):
                         return 0, False, None
                 except BaseException as exc:
                     return 0, False, exc
+                if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
+                    # Its scope was cancelled from the predicate (trio): it has
+                    # unlinked itself.
+                    return 0, False, None
             del self._waiting[key]
             self._tasks_waiting -= 1
-            if waiter.wake_locked(value):
-                return 1, waiter.taker, None
+            try:
+                if waiter.wake_locked(value):
+                    return 1, waiter.taker, None
+            except BaseException as exc:
+                return 0, False, exc
+            _unlinked_unresumed(waiter)
             return 0, False, None
 
         woken = 0
@@ -669,17 +739,26 @@ class WaitMap(MutableMapping[K, V]):
                     if interrupt is None:
                         interrupt = exc
                     continue
+                if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
+                    continue
             self._remove(key, waiter)
-            if waiter.wake_locked(value):
+            try:
+                resumed = waiter.wake_locked(value)
+            except BaseException as exc:
+                interrupt = interrupt or exc
+                continue
+            if resumed:
                 woken += 1
                 taken = taken or waiter.taker
+            else:
+                _unlinked_unresumed(waiter)
         return woken, taken, interrupt
 
     def _hand_over_or_store(
         self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
     ) -> None:
         """Hand ``value`` to the waiters of ``key``, and store it unless a taker
-        took it; then raise what a predicate raised that is not an Exception."""
+        took it; then raise what the hand-over could not keep from the caller."""
         _, taken, interrupt = self._dispatch(key, value, entry)
         if not taken:
             self._data[key] = value
@@ -690,10 +769,30 @@ class WaitMap(MutableMapping[K, V]):
         waiting = self._waiting
         self._waiting = {}
         self._tasks_waiting = 0
+        return self._throw(waiting.items(), make_error)
+
+    @staticmethod
+    def _throw(
+        unlinked: Iterable[tuple[K, _Waiter[V] | dict[_Waiter[V], None]]],
+        make_error: Callable[[Any], BaseException],
+    ) -> int:
+        """Throw a new ``make_error(key)`` into each waiter of the ``unlinked``
+        entries; returns how many will raise it. A waiter whose event loop
+        cannot be reached (MemoryError) is left out, and the first such error
+        is raised once the others are done."""
         count = 0
-        for key, entry in waiting.items():
+        failure: BaseException | None = None
+        for key, entry in unlinked:
             for waiter in tuple(entry) if isinstance(entry, dict) else (entry,):
-                count += waiter.throw_locked(make_error(key))
+                try:
+                    if waiter.throw_locked(make_error(key)):
+                        count += 1
+                    else:
+                        _unlinked_unresumed(waiter)
+                except BaseException as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
         return count
 
     def _give_back(self, key: Any, value: V) -> None:

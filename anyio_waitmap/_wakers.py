@@ -40,13 +40,14 @@ class Waker:
     at most one call into the event loop.
 
     Raises:
-        RuntimeError: no asyncio or trio task is running in this thread.
+        anyio.NoEventLoopError: no asyncio or trio task is running in this thread
+            (a :exc:`RuntimeError`), as in a loop callback or a trio instrument.
     """
 
     __slots__ = ("_binding", "_handle", "_lock", "_requested", "_state")
 
     def __init__(self) -> None:
-        self._binding: Binding = current_binding("Waker")
+        self._binding: Binding = current_binding("Waker()")
         # Held only for a few reads and writes, and never by wake() for long:
         # see _serve() for how wake() avoids waiting for it.
         self._lock = threading.Lock()
@@ -57,7 +58,7 @@ class Waker:
     def usable_here(self) -> bool:
         """Whether tasks of the running event loop can park on this waker."""
         try:
-            return current_binding("Waker.usable_here") is self._binding
+            return current_binding("Waker.usable_here()") is self._binding
         except RuntimeError:
             return False
 
@@ -100,9 +101,9 @@ class Waker:
         """Wait for a wake-up; return at once if one arrived since the last return.
 
         Must be awaited by a task of the event loop the waker was created in, by
-        one task at a time. This is a checkpoint. A cancellation leaves the
-        waker idle; a wake-up it may have swallowed carries no data, so whoever
-        parks next re-checks what it waits for anyway.
+        one task at a time. This is a checkpoint. A wake-up is never lost to a
+        cancellation: if this raises, a wake-up that was already there or that
+        arrived meanwhile makes the next :meth:`park` return at once.
         """
         binding = self._binding
         lock = self._lock
@@ -125,33 +126,45 @@ class Waker:
                 self._serve()
             else:
                 notified = self._unpark_self()
-        if notified:
-            await binding.checkpoint()
-            return
         try:
+            if notified:
+                await binding.checkpoint()
+                return
             await binding.park(self)
-        finally:
-            lock = self._lock
-            # _serve() may have changed the state from another thread.
-            if self._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
-                # Resumed by a wake-up (and perhaps cancelled too): only this task
-                # moves the state on from WOKEN, since _serve() and wake() leave
-                # it alone, so no lock is needed.
-                self._state = _IDLE
-                self._handle = None
-            else:
-                # Cancelled while parked, or aborted (trio): a wake-up may be
-                # deciding under the lock right now. Or the wake-up that resumed
-                # the task holds the lock still, in the middle of its call into
-                # the event loop from another thread: waiting for it keeps the
-                # state WOKEN meanwhile, so that the wake-ups of the rest of a
-                # burst fold into this resumption.
-                lock.acquire()
-                self._state = _IDLE
-                self._handle = None
-                lock.release()
-                if self._requested:
-                    self._serve()
+        except BaseException:
+            self._leave(notified)
+            raise
+        lock = self._lock
+        # _serve() may have changed the state from another thread.
+        if self._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
+            # Resumed by a wake-up: only this task moves the state on from
+            # WOKEN, since _serve() and wake() leave it alone, so no lock is
+            # needed.
+            self._state = _IDLE
+            self._handle = None
+        else:
+            # The wake-up that resumed the task holds the lock still, in the
+            # middle of its call into the event loop from another thread:
+            # waiting for it keeps the state WOKEN meanwhile, so that the
+            # wake-ups of the rest of a burst fold into this resumption.
+            lock.acquire()
+            self._state = _IDLE
+            self._handle = None
+            lock.release()
+            if self._requested:
+                self._serve()
+
+    def _leave(self, notified: bool) -> None:
+        # park() raises (a cancellation): keep the wake-up it had taken, or that
+        # resumed it before the exception did (WOKEN), or that came after a trio
+        # abort function made it idle (NOTIFIED). A wake-up may be deciding
+        # under the lock right now, from another thread.
+        with self._lock:
+            keep = notified or self._state in (_WOKEN, _NOTIFIED)
+            self._state = _NOTIFIED if keep else _IDLE
+            self._handle = None
+        if self._requested:
+            self._serve()
 
     def _unpark_self(self) -> bool:
         # True if the task took the requested wake-up before parking; False if
@@ -309,17 +322,20 @@ class ConsumerSlot:
                 f"wait_until() needs a callable predicate, got "
                 f"{type(predicate).__name__!r} object"
             )
+        binding = current_binding(self._wait_until_name)
         consumer = self._consumer
         try:
             consumer.pop()
         except IndexError:
+            await binding.checkpoint_if_cancelled()  # a cancellation comes first
             # anyio words it: "Another task is already waiting on this resource".
             raise anyio.BusyResourceError("waiting on") from None
         try:
+            # Before anything else: a pending cancellation wins over the closed
+            # sink, and leaves the predicate uncalled.
+            await binding.checkpoint_if_cancelled()
             if self._closed:
                 raise anyio.ClosedResourceError("the WakeSink is closed")
-            binding = current_binding(self._wait_until_name)
-            await binding.checkpoint_if_cancelled()
             value = predicate()
             if value is not None:
                 await binding.yield_keeping_value()
@@ -358,24 +374,26 @@ class ConsumerSlot:
                             waker._serve()
                         else:
                             notified = waker._unpark_self()
-                    if notified:
-                        await binding.checkpoint()
-                        continue
                     try:
+                        if notified:
+                            await binding.checkpoint()
+                            continue
                         await binding.park(waker)
-                    finally:
-                        lock = waker._lock
-                        # _serve() may have changed the state from another thread.
-                        if waker._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
-                            waker._state = _IDLE
-                            waker._handle = None
-                        else:
-                            lock.acquire()
-                            waker._state = _IDLE
-                            waker._handle = None
-                            lock.release()
-                            if waker._requested:
-                                waker._serve()
+                    except BaseException:
+                        waker._leave(notified)
+                        raise
+                    lock = waker._lock
+                    # _serve() may have changed the state from another thread.
+                    if waker._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
+                        waker._state = _IDLE
+                        waker._handle = None
+                    else:
+                        lock.acquire()
+                        waker._state = _IDLE
+                        waker._handle = None
+                        lock.release()
+                        if waker._requested:
+                            waker._serve()
             finally:
                 self._waker = None
         finally:
@@ -394,7 +412,7 @@ class DiatomicWaker(ConsumerSlot):
 
     __slots__ = ()
 
-    _wait_until_name = "DiatomicWaker.wait_until"
+    _wait_until_name = "DiatomicWaker.wait_until()"
 
     def register(self, waker: Waker) -> None:
         """Make ``waker`` the one that :meth:`notify` wakes. Never blocks."""

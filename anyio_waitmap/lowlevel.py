@@ -42,7 +42,9 @@ handler that interrupted the waker's own task in the middle of
 :meth:`Waker.park`; if the task takes the request there, before it parks, it
 returns at once instead of parking. That is the coalescing: any
 number of wake-ups between two resumptions cost one resumption and at most one
-cross-thread call. When ``park()`` returns, the state is ``IDLE`` again. From
+cross-thread call. When ``park()`` returns, the state is ``IDLE`` again; when
+it raises (a cancellation), ``NOTIFIED`` if a wake-up had come, so that no
+wake-up is lost to a cancellation. From
 ``WOKEN`` the task moves it there without the lock, since nobody else moves a
 waker out of ``WOKEN``, unless the wake-up that resumed it still holds the lock
 (from another thread, in its call into the event loop): then the task waits for
@@ -134,10 +136,12 @@ class Waiter(_ParkedTask[_T]):
         on_abort: called (with ``lock`` held, at most once) if the task leaves
             :meth:`park` before it was woken or thrown into, typically because it
             was cancelled: unlink the waiter from your structure there. It must not
-            raise.
+            raise; if it does, :meth:`park` raises that exception instead of the
+            cancellation.
 
     Raises:
-        RuntimeError: no asyncio or trio task is running in this thread.
+        anyio.NoEventLoopError: no asyncio or trio task is running in this thread
+            (a :exc:`RuntimeError`).
     """
 
     __slots__ = ("_abort_callback",)
@@ -148,7 +152,7 @@ class Waiter(_ParkedTask[_T]):
         on_abort: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(
-            threading.RLock() if lock is None else lock, _current_binding("Waiter")
+            threading.RLock() if lock is None else lock, _current_binding("Waiter()")
         )
         self._abort_callback = on_abort
 
@@ -170,7 +174,15 @@ class Waiter(_ParkedTask[_T]):
 
         Returns:
             True if :meth:`park` will return ``value``. False if the waiter was
-            already resolved, its task left, or its event loop has finished.
+            already resolved, if its task left or is on its way out with a
+            cancellation that came first (``on_abort`` is then called as it
+            leaves), or if its event loop has finished (then nothing more
+            happens: unlink it yourself).
+
+        Raises:
+            MemoryError: the call into the task's event loop from another
+                thread failed. The waiter is then resolved as if its event loop
+                had finished, and its task leaves when it is cancelled.
         """
         with self._lock:
             return self.wake_locked(value)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import anyio
 import pytest
 import trio
+import trio.testing
 from anyio._core._eventloop import get_async_backend
 
-from anyio_waitmap import WaitMap, _backends
+from anyio_waitmap import WaitMap, Woke, _backends
 from anyio_waitmap._backends import (
     _asyncio,
-    _asyncio_current_task,  # pyright: ignore[reportPrivateUsage]
     _trio,
     current_binding,
 )
@@ -68,14 +69,14 @@ def test_no_task_in_a_loop_callback_whatever_ran_before(
     package a moment before."""
     error = _in_a_loop_callback(call)
     assert isinstance(error, RuntimeError), f"{name}() did not raise: {error!r}"
-    assert str(error).startswith(f"{name}() must be awaited by a task")
+    assert str(error).startswith(f"{name}() was called outside of a task")
 
 
 def test_asyncio_checks_cancellation_with_anyio_backend_found_once() -> None:
     # The fallback, anyio.lowlevel's own function, is correct but looks the
     # backend up on every call: a change of anyio that forces it shows here.
     expected = get_async_backend("asyncio").checkpoint_if_cancelled
-    assert _asyncio.AsyncioBinding.checkpoint_if_cancelled == expected
+    assert _asyncio._checkpoint_if_cancelled == expected  # pyright: ignore[reportPrivateUsage]
 
 
 def test_asyncio_binding_found_in_the_cache_after_the_first_lookup(
@@ -98,9 +99,9 @@ def test_asyncio_binding_found_in_the_cache_after_the_first_lookup(
 def test_asyncio_current_task_lookup_matches_asyncio() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        assert _asyncio_current_task(loop) is asyncio.current_task()
+        assert _asyncio.current_asyncio_task(loop) is asyncio.current_task()
         seen: list[object] = []
-        loop.call_soon(lambda: seen.append(_asyncio_current_task(loop)))
+        loop.call_soon(lambda: seen.append(_asyncio.current_asyncio_task(loop)))
         await asyncio.sleep(0)
         assert seen == [None]
 
@@ -145,7 +146,7 @@ def test_trio_binding_fallback_finds_the_same_binding(
     assert _trio.current_trio_binding() is None  # outside a run
     with monkeypatch.context() as patch:
         patch.setattr(_backends, "_trio_run_context", None)
-        with pytest.raises(RuntimeError, match="no such task"):
+        with pytest.raises(RuntimeError, match="outside of a task"):
             current_binding("test")
 
 
@@ -156,3 +157,85 @@ def test_each_trio_run_has_its_own_binding() -> None:
     first = trio.run(binding)
     second = trio.run(binding)
     assert first is not second
+
+
+def test_no_trio_task_in_the_run_loop_itself() -> None:
+    """In a trio run but outside its tasks (an instrument, which the run loop
+    calls between tasks), there is no task to park: a Waker made there is
+    refused with the error of any call outside a task, also once the run has
+    a binding. (run_sync_soon callbacks run in a system task, which is one.)"""
+    errors: list[BaseException] = []
+
+    class BeforeIOWait(trio.abc.Instrument):
+        def before_io_wait(self, timeout: float) -> None:
+            trio.lowlevel.remove_instrument(self)
+            try:
+                Waker()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    async def main() -> None:
+        Waker()  # a task of this run used the package: the binding exists
+        trio.lowlevel.add_instrument(BeforeIOWait())
+        await trio.sleep(0.01)
+
+    trio.run(main)
+    assert len(errors) == 1
+    assert isinstance(errors[0], anyio.NoEventLoopError)
+    assert str(errors[0]).startswith("Waker() was called outside of a task")
+
+
+def test_trio_run_inside_an_asyncio_task_is_refused_by_trio() -> None:
+    """A trio run started synchronously by an asyncio task (which blocks that
+    loop for the whole run) is taken for asyncio, as documented in
+    current_binding(): trio refuses the asyncio park with its TypeError, and
+    the wait leaves nothing behind."""
+    wm: WaitMap[str, str] = WaitMap()
+
+    async def trio_main() -> None:
+        await wm.take("k")
+
+    async def asyncio_main() -> None:
+        with pytest.raises(TypeError, match="unrecognized yield message"):
+            trio.run(trio_main)
+
+    asyncio.run(asyncio_main())
+    assert wm.statistics().tasks_waiting == 0
+
+
+def test_asyncio_run_inside_a_trio_task() -> None:
+    async def asyncio_main() -> str:
+        assert current_binding("test").name == "asyncio"
+        wm: WaitMap[str, str] = WaitMap()
+        taker = asyncio.create_task(wm.take("k"))
+        await asyncio.sleep(0)
+        assert wm.wake("k", "from asyncio") == Woke(1)
+        return await taker
+
+    async def trio_main() -> str:
+        assert current_binding("test").name == "trio"
+        result = asyncio.run(asyncio_main())  # blocks this trio run meanwhile
+        assert current_binding("test").name == "trio"
+        return result
+
+    assert trio.run(trio_main) == "from asyncio"
+
+
+def test_asyncio_task_without_a_cancel_request_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A current task that is not an asyncio.Task (a loop of another library may
+    register its own) has no pending Task.cancel() to read: the check falls
+    back to anyio's, and does not fail."""
+
+    class ForeignTask:
+        pass
+
+    async def main() -> None:
+        binding = current_binding("test")
+        monkeypatch.setattr(
+            _asyncio, "current_asyncio_task", lambda loop: ForeignTask()
+        )
+        await binding.checkpoint_if_cancelled()
+
+    asyncio.run(main())

@@ -307,6 +307,36 @@ async def test_cleanup_waits_for_the_wake_up_still_in_progress(park: Park) -> No
     assert _state(waker) == "idle"
 
 
+async def test_request_during_the_cleanup_that_waited_for_the_lock(
+    park: Park,
+) -> None:
+    """As above, and a new wake-up comes once the clean-up made the waker idle,
+    before it released the lock: the clean-up serves it after releasing, and
+    the next park returns at once."""
+    waker = Waker()
+    real_lock = waker._lock  # pyright: ignore[reportPrivateUsage]
+    parker = _Parker(waker, park)
+    holding = threading.Event()
+    go_on = threading.Event()
+
+    def still_waking() -> None:
+        with real_lock:
+            holding.set()
+            assert go_on.wait(JOIN_TIMEOUT)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parker)
+        await anyio.wait_all_tasks_blocked()
+        waker.wake()
+        holder = Worker(still_waking, "waker holding the lock")
+        holder.start()
+        assert holding.wait(JOIN_TIMEOUT)
+        _hook(waker, before={0: go_on.set}, releasing={0: waker.wake})
+    holder.finish()
+    assert parker.resumed == 1
+    assert _state(waker) == "notified"
+
+
 async def _cancel_a_parked_task(
     park: Park, before_cancel: Callable[[Waker], object]
 ) -> Waker:
@@ -350,9 +380,9 @@ async def test_cancelled_park_serves_a_request_made_during_the_abort(
     waker = await _cancel_a_parked_task(
         park, lambda waker: _hook(waker, after={0: waker.wake})
     )
-    # As documented, a cancelled park() may swallow a wake-up: it leaves the
-    # waker idle, and the task re-checks its condition when it parks next.
-    assert _state(waker) == "idle"
+    # A cancelled park() never loses a wake-up: one that arrives while the task
+    # leaves is kept, and the next park() returns at once.
+    assert _state(waker) == "notified"
 
 
 def test_trio_wake_from_the_run_loop_between_tasks() -> None:
@@ -429,7 +459,7 @@ def test_waker_needs_a_task_not_a_loop_callback() -> None:
     finally:
         loop.close()
     assert len(errors) == 1
-    assert "Waker() must be awaited by a task" in str(errors[0])
+    assert "Waker() was called outside of a task" in str(errors[0])
 
 
 def _forget_the_trio_binding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -628,6 +658,46 @@ async def test_predicate_cancelling_a_later_waiter_of_the_same_key() -> None:
         map(str, [("first", 1), ("second cancelled", True)])
     )
     assert wm.statistics().tasks_waiting == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.parametrize("how", ["wake", "store"])
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "with_a_taker"])
+async def test_predicate_cancelling_its_own_waiter(how: str, alone: bool) -> None:
+    """On trio, a predicate that cancels the scope of the very task it decides
+    for unlinks it in the middle of the hand-over: the hand-over finds it gone,
+    and the value is not handed to it (but to a taker after it, if any)."""
+    wm: WaitMap[str, int] = WaitMap()
+    scope = anyio.CancelScope()
+    results: list[object] = []
+
+    async def taker() -> None:
+        results.append(("taker", await wm.take("k")))
+
+    def cancel_myself(value: int) -> bool:
+        scope.cancel()
+        return True
+
+    async def waiter() -> None:
+        with scope:
+            results.append(await wm.wait_for("k", cancel_myself))
+        results.append(("cancelled", scope.cancelled_caught))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        if not alone:
+            tg.start_soon(taker)
+            await anyio.wait_all_tasks_blocked()
+        if how == "wake":
+            assert wm.wake("k", 1) == (NoMatch(1) if alone else Woke(1))
+        else:
+            wm["k"] = 1
+    assert sorted(map(repr, results)) == sorted(
+        [repr(("cancelled", True))] + ([] if alone else [repr(("taker", 1))])
+    )
+    assert wm.statistics().tasks_waiting == 0
+    assert dict(wm) == ({"k": 1} if how == "store" and alone else {})
 
 
 async def test_usable_here_outside_any_loop() -> None:

@@ -55,7 +55,7 @@ from anyio_waitmap import (
 )
 from anyio_waitmap._backends._asyncio import AsyncioBinding
 from anyio_waitmap._backends._trio import TrioBinding
-from anyio_waitmap._parking import DEAD, PENDING
+from anyio_waitmap._parking import DEAD, ERROR, PENDING, VALUE
 from anyio_waitmap.lowlevel import AtomicWaker, Waiter, Waker
 
 if sys.version_info < (3, 11):
@@ -1553,3 +1553,289 @@ def test_value_given_back_skips_a_taker_whose_loop_is_gone(kind: str) -> None:
             assert_no_waiters(wm)
 
     run_native(kind, main)
+
+
+# == 7. the call into a waiter's event loop fails: MemoryError =====================
+
+
+class FailingOnceToken:
+    """Stands in for a TrioToken whose next run_sync_soon() fails to allocate."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, failed: list[str]) -> None:
+        self.token = token
+        self.failed = failed
+
+    def run_sync_soon(self, *args: Any, **kwargs: Any) -> None:
+        if not self.failed:
+            self.failed.append("run_sync_soon")
+            raise MemoryError("no memory left for run_sync_soon")
+        self.token.run_sync_soon(*args, **kwargs)
+
+
+def fail_next_resumption(host: Host) -> list[str]:
+    """Make the next call into ``host``'s loop from another thread raise
+    MemoryError, before it queued anything; returns what records it."""
+    failed: list[str] = []
+    if host.kind == "trio":
+        assert host.binding is not None
+        assert host.token is not None
+        host.binding._token = FailingOnceToken(host.token, failed)  # type: ignore[assignment]
+        return failed
+    loop = host.loop
+    assert loop is not None
+    original = loop.call_soon_threadsafe
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append("call_soon_threadsafe")
+            raise MemoryError("no memory left for call_soon_threadsafe")
+        return original(*args, **kwargs)
+
+    loop.call_soon_threadsafe = failing  # type: ignore[method-assign,assignment]
+    return failed
+
+
+def finish_host(host: Host, expected: int) -> list[object]:
+    """Let ``host``'s tasks run: those resumed end; then cancel the rest (the
+    one that could not be resumed) and return how each ended."""
+    if host.kind == "trio":
+        host.dispose()
+        return []
+    loop = host.loop
+    assert loop is not None
+    tasks = host.tasks
+
+    async def settle() -> None:
+        for _ in range(100):
+            if sum(task.done() for task in tasks) >= expected:
+                break
+            await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    loop.run_until_complete(bounded(settle()))
+    outcomes: list[object] = []
+    for task in tasks:
+        if task.cancelled():
+            outcomes.append("cancelled")
+        else:
+            outcomes.append(task.result())
+    loop.close()
+    host.tasks.clear()
+    return outcomes
+
+
+KINDS = ["asyncio", pytest.param("uvloop", marks=UVLOOP), "trio"]
+
+
+@pytest.mark.parametrize("action", ["wake", "store", "cancel", "close"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_memory_error_resuming_the_first_of_two_takers(kind: str, action: str) -> None:
+    """The first taker's loop cannot be called (MemoryError): the value goes on to
+    the second taker, or the second is cancelled or closed all the same; the
+    error reaches the caller once the hand-over is complete; the first taker is
+    left out, holding nothing, and leaves when it is cancelled; nothing stays
+    linked, and nothing is stored."""
+    wm: WaitMap[str, Token] = WaitMap()
+
+    async def take() -> object:
+        try:
+            return await wm.take("k")
+        except (KeyCancelled, WaitMapClosed) as exc:
+            return type(exc)
+
+    with hosting(kind) as host:
+        host.start([take, take], lambda: wm.statistics().tasks_waiting == 2)
+        first, second = linked_waiters(wm)
+        failed = fail_next_resumption(host)
+        value = Token("v")
+        act: Callable[[], object] = {
+            "wake": lambda: wm.wake("k", value),
+            "store": lambda: wm.__setitem__("k", value),
+            "cancel": lambda: wm.cancel("k"),
+            "close": wm.close,
+        }[action]
+        with pytest.raises(MemoryError, match="no memory left"):
+            act()
+        assert failed, "the failure was not injected"
+        assert first._state == DEAD
+        assert first._result is None
+        assert second._state == (VALUE if action in ("wake", "store") else ERROR)
+        assert_no_waiters(wm)
+        assert dict(wm) == {}
+        if kind != "trio":
+            outcomes = finish_host(host, expected=1)
+            second_ended = {
+                "wake": value,
+                "store": value,
+                "cancel": KeyCancelled,
+                "close": WaitMapClosed,
+            }[action]
+            assert outcomes == ["cancelled", second_ended]
+
+
+@pytest.mark.parametrize("action", ["wake", "store"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_memory_error_resuming_the_only_taker(kind: str, action: str) -> None:
+    """The value comes back to the caller with the error (wake), or is stored
+    as if nobody had been waiting (store)."""
+    wm: WaitMap[str, Token] = WaitMap()
+    with hosting(kind) as host:
+        host.start([lambda: wm.take("k")], lambda: wm.statistics().tasks_waiting == 1)
+        failed = fail_next_resumption(host)
+        act: Callable[[], object] = {
+            "wake": lambda: wm.wake("k", Token("v")),
+            "store": lambda: wm.__setitem__("k", Token("v")),
+        }[action]
+        with pytest.raises(MemoryError, match="no memory left"):
+            act()
+        assert failed
+        assert_no_waiters(wm)
+        assert dict(wm) == ({"k": Token("v")} if action == "store" else {})
+        if kind != "trio":
+            assert finish_host(host, expected=0) == ["cancelled"]
+    # The map works on: a new taker, in a live loop, gets what is stored.
+    wm.pop("k", None)
+    run_on("asyncio", lambda: waitmap_round_trip(wm, "k"))
+
+
+class QueuedThenFailingToken:
+    """Stands in for a TrioToken whose next run_sync_soon() queues the callback
+    and then fails to wake the run (the OSError of trio's wake-up write)."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, failed: list[str]) -> None:
+        self.token = token
+        self.failed = failed
+
+    def run_sync_soon(self, *args: Any, **kwargs: Any) -> None:
+        self.token.run_sync_soon(*args, **kwargs)
+        if not self.failed:
+            self.failed.append("run_sync_soon")
+            raise OSError("the wake-up write failed")
+
+
+def test_trio_wake_up_write_failing_after_the_callback_was_queued() -> None:
+    """The callback is queued: the task counts as woken, returns the value, and
+    the caller sees no error."""
+    wm: WaitMap[str, Token] = WaitMap()
+    got: list[object] = []
+
+    async def take() -> None:
+        got.append(await wm.take("k"))
+
+    with hosting("trio") as host:
+        host.start([take], lambda: wm.statistics().tasks_waiting == 1)
+        assert host.binding is not None
+        assert host.token is not None
+        failed: list[str] = []
+        host.binding._token = QueuedThenFailingToken(host.token, failed)  # type: ignore[assignment]
+        assert wm.wake("k", Token("v")) == Woke(1)
+        assert failed == ["run_sync_soon"]
+        host.binding._token = host.token
+    assert got == [Token("v")]
+    assert_no_waiters(wm)
+
+
+# == 8. a key that stops hashing while a task waits on it =========================
+
+
+@final
+class Fickle:
+    """A key that hashes until it is told to fail, then raises on every hash."""
+
+    __slots__ = ("failing", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failing = False
+
+    def __hash__(self) -> int:
+        if self.failing:
+            raise KeyFault(f"{self.name} cannot be hashed any more")
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"Fickle({self.name!r})"
+
+
+@pytest.mark.parametrize("others_on_the_key", [0, 1])
+async def test_cancelled_waiter_of_a_key_that_stopped_hashing(
+    others_on_the_key: int,
+) -> None:
+    """The task is cancelled while its key cannot be hashed: it leaves with the
+    cancellation (on trio, its abort function does not fail and the run goes
+    on), nothing of it stays linked, and the other waiters are unaffected."""
+    wm: WaitMap[Any, Token] = WaitMap()
+    key = Fickle("k")
+    scope = anyio.CancelScope()
+    ended: list[object] = []
+
+    async def victim() -> None:
+        with scope:
+            await wm.wait(key)
+        ended.append("left" if scope.cancelled_caught else "returned")
+
+    async def other(on: object) -> None:
+        ended.append(await wm.wait(on))
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        async with create_task_group() as tg:
+            tg.start_soon(victim)
+            for _ in range(others_on_the_key):
+                tg.start_soon(other, key)
+            tg.start_soon(other, "elsewhere")
+            await wait_all_tasks_blocked()
+            key.failing = True
+            scope.cancel()
+            await wait_all_tasks_blocked()
+            assert ended == ["left"]
+            assert_consistent(wm)
+            assert wm.statistics().tasks_waiting == 1 + others_on_the_key
+            key.failing = False
+            if others_on_the_key:
+                assert wm.wake(key, Token("k")) == Woke(1)
+            assert wm.wake("elsewhere", Token("e")) == Woke(1)
+    assert ended[0] == "left"
+    assert sorted(map(repr, ended[1:])) == sorted(
+        [repr(Token("e"))] + [repr(Token("k"))] * others_on_the_key
+    )
+    assert_no_waiters(wm)
+
+
+# == 9. a lowlevel.Waiter whose on_abort raises ====================================
+
+
+async def test_on_abort_that_raises_reaches_the_task() -> None:
+    """on_abort must not raise; if it does, the task's park() raises it (on trio
+    too, where the abort function hands it to the task instead of failing the
+    run), and the waiter is left aborted."""
+
+    class Broken(Exception):
+        pass
+
+    def on_abort() -> None:
+        raise Broken("on_abort failed")
+
+    waiters: list[Waiter[Token]] = []
+
+    async def parker() -> None:
+        waiter: Waiter[Token] = Waiter(on_abort=on_abort)
+        waiters.append(waiter)
+        await waiter.park()
+
+    async def park_and_cancel() -> None:
+        async with create_task_group() as tg:
+            tg.start_soon(parker)
+            await wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+
+    with anyio.fail_after(JOIN_TIMEOUT):
+        with pytest.raises(BaseExceptionGroup) as info:
+            await park_and_cancel()
+        assert [leaves(exc) for exc in info.value.exceptions] == [
+            "Broken: on_abort failed"
+        ]
+        assert waiters[0].done
+        assert "aborted" in repr(waiters[0])
+        await waitmap_round_trip(WaitMap(), "the run goes on")

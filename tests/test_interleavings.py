@@ -26,11 +26,16 @@ item was queued, nor registered while one was there.
 Where the contract leaves the backends a choice, the model follows each one:
 
 * Cancelling the scope of a parked task ends its wait at once on trio (the abort
-  function runs inside ``cancel()``). On asyncio the task stays registered until
-  it runs, so what is handed over meanwhile (a value, or ``KeyCancelled`` and
-  ``WaitMapClosed``, which ``cancel()`` counts) is what its call ends with, and
-  the cancellation is raised at its next checkpoint.
-* A deadline moved into the past takes effect when the tasks next run, on both.
+  function runs inside ``cancel()``). On asyncio, anyio cancels the task's
+  future at once as well, and from then on the map hands the task nothing (no
+  value, no ``KeyCancelled``, no ``WaitMapClosed``: the cancellation came
+  first), but the task stays registered (``statistics()`` counts it, and an
+  exclusive key stays taken) until it runs and unlinks itself, or until a
+  hand-over that reaches it (one it would have received) unlinks it instead.
+* A deadline moved into the past does the same on asyncio (anyio cancels the
+  scope at once). On trio it takes effect when the tasks next run, so what is
+  handed over meanwhile is what the call ends with, and the cancellation is
+  raised at the task's next checkpoint.
 * Which of several newly started tasks runs first is the scheduler's choice
   (trio's is random). Each task logs when it first runs and when its call ends,
   and the model replays the log.
@@ -482,6 +487,9 @@ class ModelTask:
     cancelled: bool = False
     #: Cancelled while parked, but its wait has not been aborted yet.
     abort_pending: bool = False
+    #: asyncio: its future was cancelled while it was parked, so it is handed
+    #: nothing more, but it stays registered until it runs.
+    leaving: bool = False
     handed: Outcome | None = None
 
 
@@ -535,6 +543,7 @@ class MapModel:
                     self.abort(task)
                 else:
                     task.abort_pending = True
+                    task.leaving = not self.trio
         else:
             return self.settle(next(logs))
         return None
@@ -565,10 +574,12 @@ class MapModel:
                 if taken:
                     remaining.append(task)
                     continue
-                taken = True
+                taken = not task.leaving
             elif task.start.kind == "wait_for" and not is_even(value):
                 remaining.append(task)
                 continue
+            if task.leaving:
+                continue  # reached, and unlinked, but handed nothing
             self.hand(task, Returned(value))
             woken += 1
         if remaining:
@@ -577,15 +588,17 @@ class MapModel:
 
     def throw(self, key: str, error: str) -> int:
         queue = self.queues.pop(key, [])
-        for task in queue:
+        reached = [task for task in queue if not task.leaving]
+        for task in reached:
             self.hand(task, Raised(error))
-        return len(queue)
+        return len(reached)
 
     def first_run(self, task: ModelTask) -> None:
         """The task runs for the first time and calls the map."""
         start = task.start
         if self.closed:
-            self.hand(task, Raised("WaitMapClosed"))
+            # An error, but a pending cancellation comes first.
+            self.hand(task, CANCELLED if task.cancelled else Raised("WaitMapClosed"))
             return
         value = self.data.get(start.key)
         if start.kind == "wait_for" and value is not None and not is_even(value):
@@ -600,7 +613,7 @@ class MapModel:
             self.hand(task, Returned(value))
             return
         if self.exclusive and start.key in self.queues:
-            self.hand(task, Raised("DuplicateWaiter"))
+            self.hand(task, CANCELLED if task.cancelled else Raised("DuplicateWaiter"))
             return
         if task.cancelled and self.trio:
             self.hand(task, CANCELLED)  # it registers, and leaves as it parks
@@ -611,8 +624,10 @@ class MapModel:
         task.abort_pending = task.cancelled
 
     def abort(self, task: ModelTask) -> None:
-        self.unlink(task)
+        if task in self.queues.get(task.start.key, ()):
+            self.unlink(task)  # else a hand-over that reached it unlinked it
         self.hand(task, CANCELLED)
+        task.leaving = False
 
     def settle(self, log: Log) -> MapSnapshot:
         self.settles += 1
@@ -1137,14 +1152,17 @@ class SinkModel:
             consumer.phase = "parked"
 
     def first_run(self, consumer: ModelConsumer) -> None:
+        # A pending cancellation comes before every error, and before the
+        # predicate: nothing is taken from the queue.
         if any(other.holds_lock for other in self.consumers.values()):
-            self.hand(consumer, Raised("BusyResourceError"))
+            busy = Raised("BusyResourceError")
+            self.hand(consumer, CANCELLED if consumer.cancelled else busy)
             return
         consumer.holds_lock = True
-        if self.closed:
-            self.hand(consumer, Raised("ClosedResourceError"))
-        elif consumer.cancelled:
+        if consumer.cancelled:
             self.hand(consumer, CANCELLED)
+        elif self.closed:
+            self.hand(consumer, Raised("ClosedResourceError"))
         else:
             self.check(consumer)
 
@@ -1354,7 +1372,6 @@ SINK_EVENT_SETS: Final[dict[str, EventSet]] = {
                 "returned, then cancelled",
                 "cancelled",
                 "raised BusyResourceError",
-                "raised BusyResourceError, then cancelled",
             }
         ),
     ),

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, Woke
+from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -154,14 +154,55 @@ def test_asyncio_timeout_after_hand_over_keeps_value(method: str) -> None:
 
         task = asyncio.create_task(waiter())
         await asyncio.sleep(0)
-        # Make the timeout due now, and come back just before it fires: on the
-        # default loop, due timers run after the callbacks already queued.
+        # Make the timeout due now: a timeout already due is expired by a
+        # callback (call_soon), which runs before the task's resumption that
+        # the hand-over schedules next.
         timeouts[0].reschedule(loop.time())
-        await asyncio.sleep(0)
         assert wm.wake("k", 7) == Woke(1)
         await task
         assert events == [7, ("cancelling", 1), "TimeoutError", ("cancelling", 0)]
         assert wm.statistics().tasks_waiting == 0
+
+    asyncio.run(main())
+
+
+@needs_uncancel
+@pytest.mark.parametrize("method", ["wait", "take", "wait_for"])
+def test_asyncio_timeout_before_hand_over_refuses_it(method: str) -> None:
+    """asyncio.timeout() expired before the hand-over, but the task has not
+    run yet: the cancellation came first, so the task receives nothing (the
+    value comes back as NoMatch) and the block raises TimeoutError."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        wm: WaitMap[str, int] = WaitMap()
+        events: list[object] = []
+        timeouts: list[asyncio.Timeout] = []
+
+        async def waiter() -> None:
+            call = {
+                "wait": lambda: wm.wait("k"),
+                "take": lambda: wm.take("k"),
+                "wait_for": lambda: wm.wait_for("k", bool),
+            }[method]
+            try:
+                async with asyncio.timeout(60) as timeout:
+                    timeouts.append(timeout)
+                    events.append(await call())
+            except TimeoutError:
+                events.append("TimeoutError")
+            events.append(("cancelling", asyncio.current_task().cancelling()))  # type: ignore[union-attr]
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        timeouts[0].reschedule(loop.time())
+        await asyncio.sleep(0)  # the timeout expires: the task's future is cancelled
+        assert wm.statistics().tasks_waiting == 1  # it has not run yet
+        assert wm.wake("k", 7) == NoMatch(7)
+        await task
+        assert events == ["TimeoutError", ("cancelling", 0)]
+        assert wm.statistics().tasks_waiting == 0
+        assert "k" not in wm
 
     asyncio.run(main())
 

@@ -584,31 +584,20 @@ class WaitMapMachine(RuleBasedStateMachine):
     def cancel_then_hand_over(self, index: int, value: int, by_store: bool) -> None:
         """In one go in the loop thread: cancel a parked task, then store or wake.
 
-        On trio, cancelling the scope runs the task's abort at once: it leaves
-        before the value comes. On asyncio, ``Task.cancel()`` only schedules the
-        task; until it runs it is still waiting, so it may receive the value, and
-        then it must return it (and raise the cancellation at its next
-        checkpoint). Either way, nothing is lost or left behind.
+        The cancellation comes first, and the task leaves with it: on trio,
+        cancelling the scope runs the task's abort at once; on asyncio,
+        ``Task.cancel()`` cancels the future the task waits on, and the map
+        hands nothing to a task whose future is cancelled (it stays registered
+        until it runs, then unlinks itself). Either way, nothing is lost or
+        left behind, and the value goes to the others.
         """
         self.step()
         parked = self.parked_waiters()
         victim = parked[index % len(parked)]
         key = victim.key
-        if self.backend == "trio":
-            self.unlink(victim)
-            self.resolve(victim, WasCancelled())
-            receivers, taken = self.dispatch(key, value)
-        else:
-            receivers, taken = self.dispatch(key, value)
-            if victim in receivers:
-                victim.expected = Returned(value, then_cancelled=True)
-            elif victim.expected is None:
-                self.unlink(victim)
-                self.resolve(victim, WasCancelled())
-            else:
-                # Its predicate raised: that error or the cancellation.
-                assert isinstance(victim.expected, Raised)
-                victim.expected = OneOf((victim.expected, WasCancelled()))
+        self.unlink(victim)
+        self.resolve(victim, WasCancelled())
+        receivers, taken = self.dispatch(key, value)
         if by_store and not taken:
             self.data[key] = value
         expected: WakeOutcome[int] | None = None

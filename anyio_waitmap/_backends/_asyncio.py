@@ -10,10 +10,11 @@ from asyncio import (
     Future,
     Task,
     current_task,
+    tasks,
 )
 from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from anyio import current_effective_deadline
 from anyio.lowlevel import checkpoint_if_cancelled
@@ -38,6 +39,16 @@ if TYPE_CHECKING:
 
 # Task.uncancel() exists from Python 3.11 on; before, there is no count to keep.
 _uncancel: Callable[[Task[Any]], object] = getattr(Task, "uncancel", lambda task: None)
+
+# The task an asyncio loop is running, or None. Before Python 3.12,
+# asyncio.current_task is a Python function that reads this dictionary; reading
+# it directly saves a frame on every wait.
+_current_tasks: object = getattr(tasks, "_current_tasks", None)
+current_asyncio_task: Callable[[AbstractEventLoop], Any] = (
+    cast("dict[AbstractEventLoop, object]", _current_tasks).get
+    if isinstance(current_task, types.FunctionType) and isinstance(_current_tasks, dict)
+    else current_task
+)
 
 
 @types.coroutine
@@ -85,17 +96,27 @@ class AsyncioBinding:
     def park(self, task: Parkable) -> Future[None]:
         return task._handle  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
 
-    def unpark(self, handle: Future[None]) -> bool:
+    def park_decided(self, task: Parkable) -> Awaitable[None]:
+        # Its future may be done already (woken by its own thread), and awaiting
+        # a done future does not yield.
+        return _yield_keeping_value(self)
+
+    def unpark(self, handle: Future[None]) -> bool | None:
         loop = self._loop
         if _get_running_loop() is loop:
-            # Same thread: a cancelled future means the task is already on its way
-            # out of park() and will find the value there.
             if not handle.done():
                 handle.set_result(None)
-            return True
+                return True
+            # Cancelled: its task was cancelled while parked, and will raise
+            # CancelledError when it runs. The cancellation came first, as it
+            # would on trio, where the abort function decides at once.
+            return None
         # A closed loop will never run the task again. Both asyncio and uvloop
         # refuse the call with RuntimeError once closed; the check first saves
-        # raising in the common case of a loop that finished long ago.
+        # raising in the common case of a loop that finished long ago. Anything
+        # else the call raises (MemoryError) comes before the callback is
+        # queued: both write the byte that wakes the loop last, and asyncio
+        # catches the OSError that write may raise.
         if loop.is_closed():
             return False
         try:
@@ -122,7 +143,19 @@ class AsyncioBinding:
     # cancellation is raised.
     checkpoint = staticmethod(_yield)
 
-    checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
+    def checkpoint_if_cancelled(self) -> Awaitable[None]:
+        # anyio's check looks at the task's cancel scopes only. A Task.cancel()
+        # that asyncio has not delivered yet (the task, or code it called,
+        # cancelled the task since it last yielded) is kept in the task's
+        # _must_cancel, in the C task and the Python one alike (3.10 to 3.14);
+        # a task object without it is taken as having no such request. asyncio
+        # raises it where the task yields next, and clears it, by itself.
+        try:
+            if current_asyncio_task(self._loop)._must_cancel:
+                return _yield()
+        except AttributeError:
+            pass
+        return _checkpoint_if_cancelled()
 
     def yield_keeping_value(self) -> Awaitable[None]:
         return _yield_keeping_value(self)

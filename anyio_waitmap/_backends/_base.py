@@ -45,11 +45,23 @@ class Binding(Protocol):
         """
         ...
 
-    def unpark(self, handle: Any) -> bool:
+    def park_decided(self, task: Parkable) -> Awaitable[object]:
+        """What to await instead of :meth:`park` when ``task`` was already
+        unparked before it could park (by its own thread, say).
+
+        A checkpoint that lets other tasks run, and that keeps the outcome: a
+        cancellation that arrives meanwhile is left for the next checkpoint.
+        """
+        ...
+
+    def unpark(self, handle: Any) -> bool | None:
         """Resume the task parked on ``handle``; callable from any thread.
 
-        Called at most once per handle. Returns False only if the task can never
-        resume because its event loop has finished.
+        Called at most once per handle. Returns True if the task will resume;
+        False if it never can, because its event loop has finished; None if it
+        was cancelled first and is on its way out of its park with the
+        cancellation (it will call its ``_abort()`` and leave). An exception
+        means that the event loop could not be reached: the task stays parked.
         """
         ...
 

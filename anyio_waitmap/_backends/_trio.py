@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import trio
+from outcome import Error
 from trio.lowlevel import (
     Abort,
     RaiseCancelT,
@@ -19,7 +20,7 @@ from trio.lowlevel import (
     current_task,
     current_trio_token,
     enable_ki_protection,
-    in_trio_run,
+    in_trio_task,
     reschedule,
     wait_task_rescheduled,
 )
@@ -45,11 +46,22 @@ class TrioBinding:
 
     def park(self, task: Parkable) -> Coroutine[Any, Any, object]:
         def abort(raise_cancel: RaiseCancelT) -> Abort:
-            # Runs in the run's thread while the task is parked; must not raise.
-            return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]
+            # Runs in the run's thread while the task is parked, and must not
+            # raise: trio would take it for a bug of its own and end the run.
+            try:
+                return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]
+            except BaseException as exc:
+                # An unlink that failed (a lowlevel.Waiter's on_abort raised):
+                # the task leaves with the error instead, as it does on asyncio.
+                reschedule(task._handle, Error(exc))  # pyright: ignore[reportPrivateUsage]
+                return Abort.FAILED
 
         # Returned, not awaited: the caller awaits it, saving a coroutine frame.
         return wait_task_rescheduled(abort)  # noqa: ASYNC105
+
+    # Unparked before it parked: its reschedule() is queued (unpark() never calls
+    # reschedule() for the running task), and parking is what takes it.
+    park_decided = park
 
     def unpark(self, handle: Task) -> bool:
         if threading.get_ident() == self._thread:
@@ -65,13 +77,19 @@ class TrioBinding:
             if running is not handle:
                 reschedule(handle)
                 return True
-            # Or the task to resume is the one running: a signal handler
-            # interrupted it between deciding to park and parking. It is parked
-            # by the time the run loop calls back.
+            # Or the task to resume is the one running, before it parked: it
+            # woke its own lowlevel.Waiter, or a signal handler interrupted it
+            # between deciding to park and parking. It is parked by the time
+            # the run loop calls back.
         try:
             self._token.run_sync_soon(reschedule, handle)
         except trio.RunFinishedError:
             return False
+        except OSError:
+            # Raised by the write that wakes the run, which comes after the
+            # callback was queued: the run calls it when it next wakes up.
+            # Anything else (MemoryError) comes before.
+            return True
         return True
 
     def keep_cancellation(self, exc: BaseException) -> None:  # pragma: no cover
@@ -92,11 +110,12 @@ binding_var: Final[RunVar[TrioBinding]] = RunVar("anyio_waitmap binding")
 run_context: Any
 try:
     # trio's state of the run in this thread, which current_binding() reads
-    # directly: a run's RunVar values are in run_context.runner._locals, where
-    # RunVar.get() finds them, and in_trio_run() and RunVar.get() would each read
-    # run_context again behind a call of their own, which costs more than the
-    # lookup itself on every wait. This reaches into trio (checked with 0.32 and
-    # 0.35). Should a later trio move it, current_binding() falls back to
+    # directly: the running task is run_context.task (absent between tasks),
+    # and a run's RunVar values are in its runner's _locals, where RunVar.get()
+    # finds them. in_trio_task() and RunVar.get() would each read run_context
+    # again behind a call of their own, which costs more than the lookup itself
+    # on every wait. This reaches into trio (checked with 0.32 and 0.35). Should
+    # a later trio move it, current_binding() falls back to
     # current_trio_binding(), only slower, and tests/test_binding.py says so.
     from trio._core import _run  # pyright: ignore[reportPrivateUsage]
 
@@ -106,9 +125,9 @@ except (ImportError, AttributeError):  # pragma: no cover
 
 
 def current_trio_binding() -> TrioBinding | None:
-    """The binding of the trio run in this thread, or None outside of one; made
-    at the run's first lookup."""
-    if not in_trio_run():
+    """The binding of the trio run in this thread, or None outside of a trio
+    task; made at the run's first lookup."""
+    if not in_trio_task():
         return None
     try:
         return binding_var.get()

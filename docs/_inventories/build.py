@@ -48,6 +48,8 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("anyio.ClosedResourceError", "py:exception", "api.html#$"),
         ("anyio.EndOfStream", "py:exception", "api.html#$"),
         ("anyio.Event", "py:class", "api.html#$"),
+        ("anyio.Event.wait", "py:method", "api.html#$"),
+        ("anyio.NoEventLoopError", "py:exception", "api.html#$"),
         ("anyio.open_signal_receiver", "py:function", "api.html#$"),
     ],
     "trio": [
