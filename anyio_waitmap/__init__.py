@@ -13,11 +13,13 @@ from ._outcomes import Woke as Woke
 from ._sink import WakeSink as WakeSink
 from ._sink import WakeSinkStatistics as WakeSinkStatistics
 from ._sink import WakeSource as WakeSource
+from ._waitmap import Expectation as Expectation
 from ._waitmap import WaitMap as WaitMap
 
 __all__ = [
     "Closed",
     "DuplicateWaiter",
+    "Expectation",
     "KeyCancelled",
     "NoMatch",
     "WaitMap",

@@ -15,6 +15,8 @@ class Woke:
     """``count`` parked tasks received the value (``count >= 1``).
 
     Each of them returns the value from its ``wait``, ``take`` or ``wait_for``.
+    True in a boolean context (the other outcomes are false), so that
+    ``if wm.wake(key, value):`` tests whether anybody received it.
     """
 
     count: int
@@ -26,7 +28,10 @@ class Woke:
 @final
 @dataclass(frozen=True, slots=True)
 class NoMatch(Generic[V]):
-    """No parked task received ``value``; it is handed back to the caller."""
+    """No parked task received ``value``; it is handed back to the caller.
+
+    False in a boolean context.
+    """
 
     value: V
 
@@ -48,7 +53,10 @@ store_no_match_value: Final[Callable[[NoMatch[Any], object], None]] = vars(NoMat
 @final
 @dataclass(frozen=True, slots=True)
 class Closed(Generic[V]):
-    """The map is closed; ``value`` is handed back to the caller."""
+    """The map is closed; ``value`` is handed back to the caller.
+
+    False in a boolean context.
+    """
 
     value: V
 

@@ -66,7 +66,9 @@ class ParkedTask(Generic[T]):
     def __init__(self, lock: Lock, binding: Binding) -> None:
         self._lock = lock
         self._binding = binding
-        self._handle: Any = binding.new_handle()
+        # What the task parks on, made when it parks (see _prepare_park()):
+        # until then, a hand-over only records the outcome for the task to find.
+        self._handle: Any = None
         self._state: int = PENDING
         self._result: Any = None
 
@@ -105,6 +107,8 @@ class ParkedTask(Generic[T]):
         return self._resume()
 
     def _resume(self) -> bool:
+        if self._handle is None:
+            return True  # not parked yet: the task finds the outcome when it does
         try:
             resumed = self._binding.unpark(self._handle)
         except BaseException:
@@ -148,9 +152,9 @@ class ParkedTask(Generic[T]):
     async def park(self) -> T:
         """Wait until the waiter is woken or thrown into; await it once.
 
-        Must be awaited by the task that created the waiter. This is a
-        checkpoint, also when the waiter was woken before it parked (by its own
-        task, say).
+        Must be awaited once, by a task of the event loop the waiter was made
+        in. This is a checkpoint, also when the waiter was woken before it
+        parked.
 
         Returns:
             The value handed over by a wake. If the task is cancelled after the
@@ -164,17 +168,38 @@ class ParkedTask(Generic[T]):
         """
         binding = self._binding
         try:
-            if self._state == PENDING:
-                await binding.park(self)
+            if self._prepare_park(binding):
+                # Decided before the task parked: still a checkpoint, and what
+                # was handed over is kept (a cancellation is re-armed below).
+                await binding.checkpoint_if_cancelled()
+                await binding.yield_keeping_value()
             else:
-                # Decided before the task parked (woken by its own thread, say):
-                # still a checkpoint, and what was handed over is kept.
-                await binding.park_decided(self)
+                await binding.park(self)
         except BaseException as exc:
             if self._abort():
                 raise
             return self._outcome_after(exc)
         return self._outcome()
+
+    def _prepare_park(self, binding: Binding) -> bool:
+        """Before the task parks: True if its wait was decided already (it must
+        not park then); otherwise make the handle it parks on. If that fails
+        (MemoryError), the task leaves as if cancelled, and the error
+        propagates."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state != PENDING:
+                return True
+            try:
+                self._handle = binding.new_handle()
+            except BaseException:
+                self._state = ABORTED
+                self._on_abort()
+                raise
+            return False
+        finally:
+            lock.release()
 
     # The two halves of park(), for the owners in this package that await
     # ``binding.park(task)`` themselves to save a coroutine frame on their hot

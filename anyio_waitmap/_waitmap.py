@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    MutableMapping,
+)
 from typing import (
     TYPE_CHECKING,
     Any,
     Final,
+    Generic,
     NoReturn,
     TypeVar,
     cast,
@@ -28,17 +36,19 @@ from ._outcomes import (
 from ._parking import ABORTED, DEAD, PENDING, VALUE, ParkedTask, new_lock
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from ._backends._base import Binding
 
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
+T = TypeVar("T")
 
 _MISSING: Final[Any] = object()
 _WOKE_ONE: Final = Woke(1)
 
 
-@final
 @ki_protected
 class _Waiter(ParkedTask[V]):
     """A task parked in one of the WaitMap's async methods."""
@@ -70,6 +80,41 @@ class _Waiter(ParkedTask[V]):
     def _on_abandon(self, value: V) -> None:
         if self.taker:
             self.map._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
+
+
+@final
+@ki_protected
+class _Expected(_Waiter[V]):
+    """The waiter of an :class:`Expectation`: linked when its block is entered,
+    before its task parks (if it ever does), and so without a handle until then,
+    as :class:`ParkedTask` makes them."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        waitmap: WaitMap[Any, V],
+        binding: Binding,
+        key: object,
+        predicate: Callable[[V], object] | None,
+        taker: bool,
+    ) -> None:
+        self._lock = waitmap._lock  # pyright: ignore[reportPrivateUsage]
+        self._binding = binding
+        self._handle = None  # made by the task that awaits, under the lock
+        self._state = PENDING
+        self._result = None
+        self.map = waitmap
+        self.key = key
+        self.predicate = predicate
+        self.taker = taker
+
+
+def _iterate(awaitable: Awaitable[T]) -> Generator[Any, Any, T]:
+    """What a generator yields from to await ``awaitable``: its ``__await__()``,
+    or the awaitable itself for a generator-based coroutine, which has none."""
+    await_ = getattr(awaitable, "__await__", None)
+    return awaitable if await_ is None else await_()  # type: ignore[return-value]
 
 
 def _unlinked_unresumed(waiter: _Waiter[Any]) -> None:
@@ -324,6 +369,47 @@ class WaitMap(MutableMapping[K, V]):
         await binding.checkpoint()
         return cast("V", value)
 
+    def expect(self, key: K, *, take: bool = True) -> Expectation[K, V]:
+        """Register for the value of ``key`` now, to await it later.
+
+        For a request whose reply may come back before the task that sent it
+        gets to wait for it (sending is itself awaited)::
+
+            with replies.expect(request_id) as reply:
+                await send(request_id, payload)
+                return await reply
+
+        Entering the block registers a taker on ``key`` (a waiter, with
+        ``take=False``) in the order of the key's waiters, at once and without
+        yielding; a value stored under ``key`` at that moment is taken (read,
+        with ``take=False``) at once. ``await reply`` then returns the value
+        handed to it since, or waits for one exactly like :meth:`take` (or
+        :meth:`wait`). Until then the expectation is one of the key's waiters:
+        :meth:`wake` and :meth:`statistics` count it, and in an ``exclusive``
+        map a second waiter on the key is refused. Leaving the block without
+        having received the value unregisters; a value that was handed to it
+        and not received is passed on, as if it had never been handed over: to
+        the next taker waiting on ``key``, else into the store unless a value
+        was stored there since (with ``take=False``, it is dropped).
+
+        ``async with`` works as well, and checks for cancellation first: a task
+        with a cancellation pending then gets it rather than
+        :exc:`~anyio_waitmap.WaitMapClosed` or
+        :exc:`~anyio_waitmap.DuplicateWaiter`. Leaving an ``async with`` block is
+        not a checkpoint, so that a value received in it is never lost to a
+        cancellation on the way out.
+
+        Args:
+            key: the key to expect a value for.
+            take: whether to take the value (as :meth:`take`) or only read it
+                (as :meth:`wait`).
+
+        Raises:
+            TypeError: ``key`` is not hashable.
+        """
+        hash(key)
+        return Expectation(self, key, take)
+
     # -- handing over ----------------------------------------------------------------
 
     def wake(self, key: K, value: V) -> WakeOutcome[V]:
@@ -363,15 +449,23 @@ class WaitMap(MutableMapping[K, V]):
                 self._refuse_while_dispatching("wake()")
             if entry is None:
                 return NoMatch(value)
-            if type(entry) is _Waiter and entry.predicate is None:
-                # One waiter that takes any value: the common case, inlined.
+            if (type(entry) is _Waiter and entry.predicate is None) or type(
+                entry
+            ) is _Expected:
+                # One waiter that takes any value (an expectation takes any):
+                # the common case, inlined.
                 del self._waiting[key]
                 self._tasks_waiting -= 1
                 # ParkedTask.wake_locked(), inlined: a linked waiter is pending.
                 entry._result = value  # pyright: ignore[reportPrivateUsage]
                 entry._state = VALUE  # pyright: ignore[reportPrivateUsage]
+                handle = entry._handle  # pyright: ignore[reportPrivateUsage]
+                if handle is None:
+                    # An expectation whose task has not parked: it finds the
+                    # value when it does.
+                    return _WOKE_ONE
                 try:
-                    resumed = entry._binding.unpark(entry._handle)  # pyright: ignore[reportPrivateUsage]
+                    resumed = entry._binding.unpark(handle)  # pyright: ignore[reportPrivateUsage]
                 except BaseException:
                     entry._state = DEAD  # pyright: ignore[reportPrivateUsage]
                     entry._result = None  # pyright: ignore[reportPrivateUsage]
@@ -605,6 +699,7 @@ class WaitMap(MutableMapping[K, V]):
         key: K,
         predicate: Callable[[V], object] | None,
         taker: bool,
+        expected: bool = False,
     ) -> _Waiter[V]:
         waiting = self._waiting
         entry = waiting.get(key)
@@ -613,7 +708,9 @@ class WaitMap(MutableMapping[K, V]):
                 f"another task is already waiting on key {key!r} of this exclusive "
                 f"WaitMap"
             )
-        waiter = _Waiter(self, binding, key, predicate, taker)
+        waiter = (_Expected if expected else _Waiter)(
+            self, binding, key, predicate, taker
+        )
         if entry is None:
             waiting[key] = waiter
         elif isinstance(entry, dict):
@@ -812,3 +909,169 @@ class WaitMap(MutableMapping[K, V]):
                 self._hand_over_or_store(key, value, entry)
                 return
             self._data[key] = value
+
+
+@final
+@ki_protected
+class Expectation(Generic[K, V]):
+    """A registration for the value of one key, made by :meth:`WaitMap.expect`.
+
+    Use it as a context manager (``with`` or ``async with``), and ``await`` it
+    once inside the block, in the task that entered it.
+    """
+
+    __slots__ = ("_left", "_map", "_received", "_taker", "_waiter", "key")
+
+    def __init__(self, waitmap: WaitMap[K, V], key: K, taker: bool) -> None:
+        self._map = waitmap
+        #: The key whose value is expected.
+        self.key: K = key
+        self._taker = taker
+        self._waiter: _Waiter[V] | None = None
+        # The await began (None), or returned or raised what was handed over
+        # (True): then nothing is left to pass on when the block is left.
+        self._received: bool | None = False
+        self._left = False
+
+    @property
+    def take(self) -> bool:
+        """Whether the value is taken (as by :meth:`WaitMap.take`) or read."""
+        return self._taker
+
+    def __enter__(self) -> Expectation[K, V]:
+        """Register; see :meth:`WaitMap.expect`.
+
+        Raises:
+            anyio.NoEventLoopError: no asyncio or trio task is running in this
+                thread.
+            WaitMapClosed: the map is closed.
+            DuplicateWaiter: the map is ``exclusive`` and ``key`` has a waiter.
+            RuntimeError: the block was entered before.
+        """
+        if self._waiter is not None or self._left:
+            raise RuntimeError("an expectation can be entered only once")
+        binding = current_binding("WaitMap.expect()")
+        wm = self._map
+        key = self.key
+        lock = wm._lock  # pyright: ignore[reportPrivateUsage]
+        lock.acquire()
+        try:
+            if wm._closed:  # pyright: ignore[reportPrivateUsage]
+                wm._refuse_closed("expect a value from")  # pyright: ignore[reportPrivateUsage]
+            value = wm._data.get(key, _MISSING)  # pyright: ignore[reportPrivateUsage]
+            if value is _MISSING:
+                self._waiter = wm._link(binding, key, None, self._taker, True)  # pyright: ignore[reportPrivateUsage]
+            else:
+                # A value is there: received at once, and not linked.
+                waiter = self._waiter = _Expected(wm, binding, key, None, self._taker)
+                if self._taker:
+                    del wm._data[key]  # pyright: ignore[reportPrivateUsage]
+                waiter._result = value  # pyright: ignore[reportPrivateUsage]
+                waiter._state = VALUE  # pyright: ignore[reportPrivateUsage]
+        finally:
+            lock.release()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Unregister, or pass on a value that was handed over and not received."""
+        waiter = self._waiter
+        if waiter is None or self._left:
+            return
+        self._left = True
+        if self._received:
+            return  # the common case: no lock needed
+        wm = self._map
+        lock = wm._lock  # pyright: ignore[reportPrivateUsage]
+        lock.acquire()
+        try:
+            state = waiter._state  # pyright: ignore[reportPrivateUsage]
+            if state == PENDING:
+                # Linked, and never handed anything.
+                wm._remove(self.key, waiter)  # pyright: ignore[reportPrivateUsage]
+                if waiter._handle is not None and waiter.throw_locked(  # pyright: ignore[reportPrivateUsage]
+                    RuntimeError("the block of the expectation awaited was left")
+                ):
+                    # Another task is parked on it: it must not wait forever.
+                    return
+                _unlinked_unresumed(waiter)
+                return
+            value = waiter._result  # pyright: ignore[reportPrivateUsage]
+            waiter._result = None  # pyright: ignore[reportPrivateUsage]
+            if state == VALUE and self._received is False and self._taker:
+                wm._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
+        finally:
+            lock.release()
+
+    async def __aenter__(self) -> Expectation[K, V]:
+        """Register, after a checkpoint: a pending cancellation comes first."""
+        await current_binding("WaitMap.expect()").checkpoint()
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """As :meth:`__exit__`; not a checkpoint."""
+        self.__exit__(exc_type, exc_value, traceback)
+
+    # A generator rather than a coroutine method: awaiting it then costs no
+    # coroutine object and no frame of its own on each resumption.
+    def __await__(self) -> Generator[Any, Any, V]:
+        waiter = self._waiter
+        if waiter is None or self._left:
+            raise RuntimeError(
+                "await an expectation inside its with block, once it is entered"
+            )
+        if self._received is not False:
+            raise RuntimeError("an expectation can be awaited only once")
+        self._received = None
+        # The binding of the task that entered the block, which awaits it too.
+        # (Awaited in another asyncio loop, or outside of trio, the backend
+        # refuses the park; only a task of another trio run would get as far
+        # as parking, and the map looks nothing up on every await for that.)
+        binding = waiter._binding  # pyright: ignore[reportPrivateUsage]
+        if waiter._prepare_park(binding):  # pyright: ignore[reportPrivateUsage]
+            # Handed over while the block ran. A pending cancellation comes
+            # first (and __exit__ passes the value on); then the value is the
+            # task's, and a cancellation while it yields is kept for later.
+            try:
+                yield from _iterate(binding.checkpoint_if_cancelled())
+                yield from _iterate(binding.yield_keeping_value())
+            except BaseException:
+                self._received = False  # not received: __exit__ passes it on
+                raise
+            self._received = True
+            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
+        try:
+            yield from binding.park(waiter).__await__()
+        except BaseException as exc:
+            # Nothing is left to pass on: the task left before anything was
+            # handed over, or it returns the value, or gave it back.
+            self._received = True
+            if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                raise
+            return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
+        self._received = True
+        if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
+            return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
+        return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
+
+    def __repr__(self) -> str:
+        waiter = self._waiter
+        if self._left:
+            state = "left"
+        elif waiter is None:
+            state = "not entered"
+        elif waiter._state == PENDING:  # pyright: ignore[reportPrivateUsage]
+            state = "waiting"
+        else:
+            state = "received" if self._received else "handed over"
+        kind = "take" if self._taker else "wait"
+        return f"<anyio_waitmap.Expectation {kind} {self.key!r} {state}>"

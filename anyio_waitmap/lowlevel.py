@@ -9,6 +9,16 @@ waiter into a structure of yours (under your lock), then awaits
 whichever of wake, throw or the task's own cancellation comes first wins, under
 your lock, so nothing is delivered twice and a delivered value is never lost.
 
+The task may do other things between linking the waiter and parking, awaited
+ones included, such as sending the request whose reply it waits for (as
+:meth:`WaitMap.expect <anyio_waitmap.WaitMap.expect>` does): a wake-up in
+between is kept, and :meth:`Waiter.park` then returns the value at once (still a
+checkpoint). If the task leaves without parking, unlink the waiter yourself. One
+difference with ``expect``: a waiter that was handed a value returns it from
+:meth:`~Waiter.park` even when a cancellation is pending (the cancellation
+follows at the next checkpoint), since the waiter has nowhere to pass the value
+on to.
+
 Wakers: wake a task again and again, from any thread
 ----------------------------------------------------
 
@@ -123,10 +133,13 @@ _T = TypeVar("_T")
 @final
 @_ki_protected
 class Waiter(_ParkedTask[_T]):
-    """A handle on the current task, for parking it until something arrives.
+    """A handle on one wait of a task, for parking it until something arrives.
 
     Create it in the task that will wait, link it where wakers can find it while
-    holding ``lock``, release the lock, then ``await waiter.park()``.
+    holding ``lock``, release the lock, then ``await waiter.park()``. In between
+    the task may do other things, awaited ones included (send the request whose
+    reply it waits for): a wake-up meanwhile is kept for :meth:`park`. A waiter
+    that is never parked must be unlinked by its owner.
 
     Args:
         lock: the lock that guards your structure (a :class:`threading.Lock` or

@@ -558,6 +558,22 @@ def test_pending_task_cancel_wins_over_duplicate_waiter_and_busy(
 
 
 @pytest.mark.anyio
+async def test_waiter_woken_before_it_parks_in_a_cancelled_scope() -> None:
+    """The hand-over came before the scope's cancellation: park() returns the
+    value, and the cancellation is raised at the next checkpoint."""
+    events: list[object] = []
+    with anyio.CancelScope() as scope:
+        waiter: Waiter[int] = Waiter()
+        assert waiter.wake(5)
+        scope.cancel()
+        events.append(await waiter.park())
+        await anyio.lowlevel.checkpoint()
+        events.append("not cancelled")
+    assert scope.cancelled_caught
+    assert events == [5]
+
+
+@pytest.mark.anyio
 async def test_waiter_woken_before_it_parks_still_yields() -> None:
     """A lowlevel.Waiter that its own task woke before parking: ``park()``
     returns the value, and is still a checkpoint that lets others run."""

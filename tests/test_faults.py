@@ -1369,20 +1369,17 @@ async def test_memory_error_parking_on_waker(
 async def test_memory_error_parking_on_lowlevel_waiter(
     monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
+    # The handle is made when the task parks (so that a waiter can be woken
+    # before it parks): either allocation fails in park().
     aborted: list[bool] = []
     failures = fail_once(monkeypatch, point)
-    if point == "new_handle":
-        with pytest.raises(MemoryError, match="no memory left"):
-            Waiter(on_abort=lambda: aborted.append(True))
-        assert aborted == []
-    else:
-        waiter: Waiter[Token] = Waiter(on_abort=lambda: aborted.append(True))
-        with pytest.raises(MemoryError, match="no memory left"):
-            await waiter.park()
-        assert aborted == [True], "the waiter did not unlink itself exactly once"
-        assert waiter.done
-        assert waiter.wake(Token("late")) is False
-        assert "aborted" in repr(waiter)
+    waiter: Waiter[Token] = Waiter(on_abort=lambda: aborted.append(True))
+    with pytest.raises(MemoryError, match="no memory left"):
+        await waiter.park()
+    assert aborted == [True], "the waiter did not unlink itself exactly once"
+    assert waiter.done
+    assert waiter.wake(Token("late")) is False
+    assert "aborted" in repr(waiter)
     monkeypatch.undo()
     assert failures, "the allocation was not reached"
 

@@ -6,13 +6,13 @@ wrong, so each one is checked word for word here, in every state it can show.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 import pytest
-import trio
 from anyio import create_task_group, wait_all_tasks_blocked
 
 from anyio_waitmap import DuplicateWaiter, WaitMap, WaitMapClosed, WakeSink
@@ -125,15 +125,29 @@ class TestReprs:
             await aborted.park()
         shows(aborted, "aborted")
 
-    def test_waiters_of_a_finished_run(self) -> None:
-        async def make() -> tuple[Waiter[int], Waiter[int]]:
-            return Waiter(), Waiter()
+    def test_waiters_of_a_closed_loop(self) -> None:
+        """Waiters parked in a loop that was closed with them parked."""
+        loop = asyncio.new_event_loop()
+        waiters: list[Waiter[int]] = []
 
-        to_wake, to_throw = trio.run(make)
+        async def park() -> None:
+            waiter: Waiter[int] = Waiter()
+            waiters.append(waiter)
+            await waiter.park()
+
+        tasks = [loop.create_task(park()) for _ in range(2)]
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        to_wake, to_throw = waiters
         assert to_wake.wake(1) is False
         assert to_throw.throw(LookupError("x")) is False
         for waiter in (to_wake, to_throw):
-            assert repr(waiter) == "<anyio_waitmap.lowlevel.Waiter dead on trio>"
+            assert repr(waiter) == "<anyio_waitmap.lowlevel.Waiter dead on asyncio>"
+        for task in tasks:  # the loop is gone: close the coroutines by hand
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+            coro = task.get_coro()
+            assert coro is not None
+            coro.close()
 
     async def test_waker_in_each_state(
         self, anyio_backend: tuple[str, dict[str, object]]

@@ -31,7 +31,7 @@ import anyio.lowlevel
 import pytest
 import trio
 from loops import LOOP_FACTORIES
-from workers import JOIN_TIMEOUT, Worker
+from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import (
     Closed,
@@ -41,7 +41,7 @@ from anyio_waitmap import (
     WaitMapClosed,
     Woke,
 )
-from anyio_waitmap.lowlevel import Waiter
+from anyio_waitmap._backends import current_binding
 
 T = TypeVar("T")
 
@@ -579,25 +579,21 @@ def test_waiter_of_finished_trio_run_cannot_be_woken() -> None:
     # A finished trio.run cannot leave a task parked on a WaitMap: the run only
     # ends once every task has ended, and system tasks are cancelled (which
     # unlinks them) first. What the WaitMap relies on is the binding refusing to
-    # resume a task whose run is over, so test that through the public low-level
-    # Waiter, which parks through the same binding.
-    async def make_waiters() -> tuple[Waiter[str], Waiter[str]]:
-        return Waiter(), Waiter()
+    # resume a task whose run is over, so test that on the binding itself, with
+    # a task of a run that has finished, from the run's thread and another one.
+    async def binding_and_task() -> tuple[Any, trio.lowlevel.Task]:
+        return current_binding("test"), trio.lowlevel.current_task()
 
     for in_thread in (False, True):
         if in_thread:
-            worker = _trio_thread(make_waiters, "trio")
+            worker = _trio_thread(binding_and_task, "trio")
             worker.start()
-            to_wake, to_throw = worker.finish()
+            binding, task = worker.finish()
         else:
-            to_wake, to_throw = trio.run(make_waiters)
-        assert not to_wake.done
-        assert not to_throw.done
+            binding, task = trio.run(binding_and_task)
         # Neither raises trio.RunFinishedError nor claims the task will resume.
-        assert to_wake.wake("v") is False
-        assert to_throw.throw(RuntimeError("never raised")) is False
-        assert to_wake.done
-        assert to_throw.done
+        assert binding.unpark(task) is False
+        assert run_in_thread_now(functools.partial(binding.unpark, task)) is False
 
 
 # -- 4. stress: producer threads, consumers in three event loops --------------------

@@ -11,6 +11,7 @@ from typing_extensions import assert_type
 
 from anyio_waitmap import (
     Closed,
+    Expectation,
     NoMatch,
     WaitMap,
     WaitMapStatistics,
@@ -44,6 +45,14 @@ async def waitmap_types() -> None:
             assert_type(value, bytes)
         case Closed(value):
             assert_type(value, bytes)
+
+    with wm.expect(1) as reply:
+        assert_type(reply, Expectation[int, bytes])
+        assert_type(await reply, bytes)
+    async with wm.expect(1, take=False) as reply:
+        assert_type(await reply, bytes)
+    assert_type(wm.expect(1).key, int)
+    wm.expect("not an int")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
 
     wm[1] = b"ok"
     wm.update({2: b"two"})

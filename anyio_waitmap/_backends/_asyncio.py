@@ -96,11 +96,6 @@ class AsyncioBinding:
     def park(self, task: Parkable) -> Future[None]:
         return task._handle  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
 
-    def park_decided(self, task: Parkable) -> Awaitable[None]:
-        # Its future may be done already (woken by its own thread), and awaiting
-        # a done future does not yield.
-        return _yield_keeping_value(self)
-
     def unpark(self, handle: Future[None]) -> bool | None:
         loop = self._loop
         if _get_running_loop() is loop:

@@ -45,15 +45,6 @@ class Binding(Protocol):
         """
         ...
 
-    def park_decided(self, task: Parkable) -> Awaitable[object]:
-        """What to await instead of :meth:`park` when ``task`` was already
-        unparked before it could park (by its own thread, say).
-
-        A checkpoint that lets other tasks run, and that keeps the outcome: a
-        cancellation that arrives meanwhile is left for the next checkpoint.
-        """
-        ...
-
     def unpark(self, handle: Any) -> bool | None:
         """Resume the task parked on ``handle``; callable from any thread.
 

@@ -59,10 +59,6 @@ class TrioBinding:
         # Returned, not awaited: the caller awaits it, saving a coroutine frame.
         return wait_task_rescheduled(abort)  # noqa: ASYNC105
 
-    # Unparked before it parked: its reschedule() is queued (unpark() never calls
-    # reschedule() for the running task), and parking is what takes it.
-    park_decided = park
-
     def unpark(self, handle: Task) -> bool:
         if threading.get_ident() == self._thread:
             try:
@@ -77,10 +73,9 @@ class TrioBinding:
             if running is not handle:
                 reschedule(handle)
                 return True
-            # Or the task to resume is the one running, before it parked: it
-            # woke its own lowlevel.Waiter, or a signal handler interrupted it
-            # between deciding to park and parking. It is parked by the time
-            # the run loop calls back.
+            # Or the task to resume is the one running: a signal handler
+            # interrupted it between deciding to park and parking. It is parked
+            # by the time the run loop calls back.
         try:
             self._token.run_sync_soon(reschedule, handle)
         except trio.RunFinishedError:
@@ -92,10 +87,12 @@ class TrioBinding:
             return True
         return True
 
-    def keep_cancellation(self, exc: BaseException) -> None:  # pragma: no cover
-        # Never needed: once a task was woken, its abort function refuses the
-        # cancellation and trio delivers it at the next checkpoint by itself.
-        raise AssertionError("unreachable on trio")
+    def keep_cancellation(self, exc: BaseException) -> None:
+        # Nothing to do: a cancel scope stays cancelled, and trio raises
+        # Cancelled again at the task's next checkpoint by itself. (A woken task
+        # gets here only from a checkpoint of ours: its abort function refuses
+        # the cancellation once it was woken.)
+        pass
 
     # What anyio's checkpoints do on trio, called directly: anyio would look the
     # backend up again on every call.
