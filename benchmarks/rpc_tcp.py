@@ -2,8 +2,9 @@
 
 A client makes ``--calls`` calls, ``--concurrency`` at a time, over one
 connection to an echo server in the same process; one reader task hands each
-reply to its caller. The rows differ only in how a caller waits for its reply:
-a ``WaitMap``, a ``dict`` of futures (asyncio), or a ``dict`` of ``trio.Event``
+reply to its caller. The rows differ only in how a caller registers for and
+waits for its reply: a ``WaitMap`` (``take`` after the send, and ``expect``
+before it), a ``dict`` of futures (asyncio), or a ``dict`` of ``trio.Event``
 plus a value slot (trio). Reported, on asyncio, asyncio+uvloop and trio: time per
 call over interleaved rounds, each sample in a fresh event loop after an untimed
 warm-up, with the cyclic GC collected before and disabled during the sample.
@@ -56,12 +57,9 @@ async def echo_server(stream: SocketStream) -> None:
 
 
 class Mailbox:
-    """How callers wait for replies: ``register`` before sending, then ``wait``."""
+    """How a caller registers for its reply, sends its request and waits."""
 
-    def register(self, request_id: int) -> None:
-        pass
-
-    async def wait(self, request_id: int) -> int:
+    async def call(self, request_id: int, send: Callable[[], None]) -> int:
         raise NotImplementedError
 
     def deliver(self, request_id: int, value: int) -> None:
@@ -69,26 +67,39 @@ class Mailbox:
 
 
 class WaitMapMailbox(Mailbox):
+    """``send(); await take(request_id)``: right here only because the send
+    does not yield, so the caller waits before any reply can come."""
+
     def __init__(self) -> None:
         self.replies: WaitMap[int, int] = WaitMap(exclusive=True)
 
-    async def wait(self, request_id: int) -> int:
+    async def call(self, request_id: int, send: Callable[[], None]) -> int:
+        send()
         return await self.replies.take(request_id)
 
     def deliver(self, request_id: int, value: int) -> None:
         self.replies.wake(request_id, value)
 
 
+class WaitMapExpectMailbox(WaitMapMailbox):
+    """``with expect(request_id) as reply: send(); await reply``: right however
+    the send behaves."""
+
+    async def call(self, request_id: int, send: Callable[[], None]) -> int:
+        with self.replies.expect(request_id) as reply:
+            send()
+            return await reply
+
+
 class FuturesMailbox(Mailbox):
     def __init__(self) -> None:
         self.futures: dict[int, asyncio.Future[int]] = {}
 
-    def register(self, request_id: int) -> None:
-        self.futures[request_id] = asyncio.get_running_loop().create_future()
-
-    async def wait(self, request_id: int) -> int:
+    async def call(self, request_id: int, send: Callable[[], None]) -> int:
+        future = self.futures[request_id] = asyncio.get_running_loop().create_future()
+        send()
         try:
-            return await self.futures[request_id]
+            return await future
         finally:
             del self.futures[request_id]
 
@@ -103,12 +114,11 @@ class TrioEventMailbox(Mailbox):
         self.events: dict[int, trio.Event] = {}
         self.values: dict[int, int] = {}
 
-    def register(self, request_id: int) -> None:
-        self.events[request_id] = trio.Event()
-
-    async def wait(self, request_id: int) -> int:
+    async def call(self, request_id: int, send: Callable[[], None]) -> int:
+        event = self.events[request_id] = trio.Event()
+        send()
         try:
-            await self.events[request_id].wait()
+            await event.wait()
             return self.values.pop(request_id)
         finally:
             del self.events[request_id]
@@ -146,9 +156,11 @@ async def client(mailbox: Mailbox) -> float:
                     buffer = buffer[whole:]
 
             async def call(request_id: int) -> None:
-                mailbox.register(request_id)
-                outbox.send_nowait(FRAME.pack(request_id, request_id * 2))
-                assert await mailbox.wait(request_id) == request_id * 2
+                frame = FRAME.pack(request_id, request_id * 2)
+                reply = await mailbox.call(
+                    request_id, lambda: outbox.send_nowait(frame)
+                )
+                assert reply == request_id * 2
                 slots.release()
 
             start = time.perf_counter()
@@ -165,10 +177,11 @@ async def client(mailbox: Mailbox) -> float:
     return elapsed
 
 
+OURS: list[Callable[[], Mailbox]] = [WaitMapMailbox, WaitMapExpectMailbox]
 ROWS: dict[str, tuple[str, dict[str, Any], list[Callable[[], Mailbox]]]] = {
-    "asyncio": ("asyncio", {}, [FuturesMailbox, WaitMapMailbox]),
-    "uvloop": ("asyncio", {"use_uvloop": True}, [FuturesMailbox, WaitMapMailbox]),
-    "trio": ("trio", {}, [TrioEventMailbox, WaitMapMailbox]),
+    "asyncio": ("asyncio", {}, [FuturesMailbox, *OURS]),
+    "uvloop": ("asyncio", {"use_uvloop": True}, [FuturesMailbox, *OURS]),
+    "trio": ("trio", {}, [TrioEventMailbox, *OURS]),
 }
 
 

@@ -3,9 +3,9 @@
 This is the job ``anyio_waitmap`` was written for. A client sends many concurrent
 requests over a single connection; the server answers them out of order; one
 reader task on the client reads every reply and hands it to the call that waits
-for it with ``replies.wake(request_id, reply)``. Each call parks in
-``await replies.take(request_id)``: no dict of futures to create, clean up and
-guard against races.
+for it with ``replies.wake(request_id, reply)``. Each call registers with
+``replies.expect(request_id)`` before it sends, and awaits its reply: no dict of
+futures to create, clean up and guard against races.
 
 What the run shows:
 
@@ -13,7 +13,9 @@ What the run shows:
   its own task after a random 0-5 ms delay, so replies come back out of order;
   10 % of the replies are computed in a worker thread;
 * the client runs ``--calls`` calls, at most ``--concurrency`` at a time; each one
-  queues its request and then awaits its reply under ``anyio.fail_after()``;
+  registers for its reply with ``replies.expect(request_id)``, sends its request
+  (which yields: the reply may come back before the call waits for it) and
+  awaits the reply, all under ``anyio.fail_after()``;
 * a share of the calls (``--timeout-share``) use a tiny timeout (0.1-1 ms) and
   give up. The server answers them anyway: ``wake()`` then returns
   ``NoMatch(reply)``, so each late reply comes back to the reader and is counted
@@ -27,10 +29,12 @@ What the run shows:
 The summary accounts for every reply the server sent: each one either reached
 its caller (``ok``, or ``wrong`` if the content did not match) or came back from
 ``wake()`` as a late reply. ``lost`` is whatever is left over (it must be 0), and
-since every call that timed out gets its reply late, ``late replies`` must equal
-``timeouts``. The run waits (for a bounded time) until the server has answered
-every request before it checks this. The exit status is 1 if a reply was lost or
-wrong, if a waiter was left in the map, or if the counts do not add up; else 0.
+since every call that timed out after its request was sent gets its reply late,
+``late replies`` must equal those timeouts (a call that timed out before its
+request left gets no reply). The run waits (for a bounded time) until the server
+has answered every request before it checks this. The exit status is 1 if a
+reply was lost or wrong, if a waiter was left in the map, or if the counts do
+not add up; else 0.
 
 Run it with::
 
@@ -209,6 +213,7 @@ class Client:
     ok: int = 0
     wrong: int = 0
     timeouts: int = 0
+    unsent: int = 0  # timed out before the request was sent: no reply will come
     late: int = 0
     delivered: int = 0  # wake() returned Woke
     woken_from_thread: int = 0
@@ -258,15 +263,24 @@ class Client:
         deadline: float,
     ) -> None:
         started = time.perf_counter()
-        # Queue the request, then wait for its reply. Queueing does not yield, so
-        # the writer cannot send the request before take() has registered this
-        # task as the waiter: the reply cannot arrive too early.
-        outbox.send_nowait(encode_frame(request_id, payload))
+        sent = False
+        # Register for the reply, then send the request, then wait: sending
+        # yields, and the reply may come back before this task gets to wait for
+        # it. The expectation keeps it; the exclusive map refuses a request id
+        # that is in flight already, before anything is sent.
         try:
-            with anyio.fail_after(deadline):
-                reply = await self.replies.take(request_id)
+            with (
+                anyio.fail_after(deadline),
+                self.replies.expect(request_id) as reply_for_us,
+            ):
+                await outbox.send(encode_frame(request_id, payload))
+                sent = True
+                reply = await reply_for_us
         except TimeoutError:
-            self.timeouts += 1  # its reply will come back to the reader: late
+            if sent:
+                self.timeouts += 1  # its reply will come back to the reader: late
+            else:
+                self.unsent += 1  # it gave up before its request left
         else:
             if reply == answer(payload):
                 self.ok += 1
@@ -389,16 +403,17 @@ class Report:
                 f"wake() handed {client.delivered} replies to callers, but they "
                 f"received {client.ok + client.wrong}"
             )
+        requests_sent = self.config.calls - client.unsent
         if not client.drained or not (
-            server.requests == server.replies_sent == self.config.calls
+            server.requests == server.replies_sent == requests_sent
         ):
             problems.append(
-                f"the server answered {server.replies_sent} of "
-                f"{self.config.calls} requests"
+                f"the server answered {server.replies_sent} of {requests_sent} requests"
             )
         if client.late != client.timeouts:
             problems.append(
-                f"{client.late} late replies for {client.timeouts} timeouts"
+                f"{client.late} late replies for {client.timeouts} timeouts "
+                f"after sending"
             )
         if client.calls_done != self.config.calls:
             problems.append(
@@ -428,7 +443,11 @@ class Report:
             ("throughput", f"{config.calls / self.wall_time:,.0f} calls/s"),
             ("latency", latency),
             ("ok", f"{client.ok}"),
-            ("timeouts", f"{client.timeouts}"),
+            (
+                "timeouts",
+                f"{client.timeouts + client.unsent} ({client.unsent} before the "
+                f"request was sent)",
+            ),
             ("late replies", f"{client.late} (wake() returned NoMatch)"),
             ("wrong", f"{client.wrong}"),
             ("lost", f"{self.lost}"),

@@ -29,6 +29,9 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("threading.RLock", "py:class", "library/threading.html#$"),
         ("signal.signal", "py:function", "library/signal.html#$"),
         ("KeyboardInterrupt", "py:exception", "library/exceptions.html#$"),
+        # Annotations name it without its module (imported for type checking).
+        ("TracebackType", "py:class", "library/types.html#types.TracebackType"),
+        ("types.TracebackType", "py:class", "library/types.html#$"),
         ("dict", "py:class", "library/stdtypes.html#$"),
         ("object", "py:class", "library/functions.html#$"),
         ("int", "py:class", "library/functions.html#$"),
