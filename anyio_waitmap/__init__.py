@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._exceptions import DuplicateWaiter as DuplicateWaiter
 from ._exceptions import KeyCancelled as KeyCancelled
 from ._exceptions import WaitMapClosed as WaitMapClosed
+from ._expectation import Expectation as Expectation
 from ._outcomes import Closed as Closed
 from ._outcomes import NoMatch as NoMatch
 from ._outcomes import WaitMapStatistics as WaitMapStatistics
@@ -13,7 +14,6 @@ from ._outcomes import Woke as Woke
 from ._sink import WakeSink as WakeSink
 from ._sink import WakeSinkStatistics as WakeSinkStatistics
 from ._sink import WakeSource as WakeSource
-from ._waitmap import Expectation as Expectation
 from ._waitmap import WaitMap as WaitMap
 
 __all__ = [

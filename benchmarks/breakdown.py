@@ -34,7 +34,7 @@ from anyio._core._eventloop import get_async_backend
 
 from anyio_waitmap import NoMatch, WaitMap
 from anyio_waitmap._backends import _trio, current_binding
-from anyio_waitmap._waitmap import _Waiter  # pyright: ignore[reportPrivateUsage]
+from anyio_waitmap._registry import KeyWaiter
 
 LOOPS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
     "asyncio": asyncio.run,
@@ -104,7 +104,7 @@ async def measure(number: int, repeat: int) -> list[tuple[str, str, float]]:
         hand_over(raw_wait(1), lambda: futures.pop(1).set_result(1))
 
     def new_waiter() -> object:
-        return _Waiter(wm, binding, 1, None, False)
+        return KeyWaiter(wm, binding, 1, None, False)
 
     rows: list[tuple[str, str, Callable[[], object]]] = [
         ("block", "dict.pop(key, None), missing key", lambda: plain.pop(1, None)),

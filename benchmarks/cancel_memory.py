@@ -202,8 +202,8 @@ NOTES = {
         "of its own frame, which the exception's traceback holds: a cycle that "
         "keeps the task's frames and what they reference"
     ),
-    "_Waiter": (
-        "_Waiter: our waiter, a local of the WaitMap.wait frame held by that "
+    "KeyWaiter": (
+        "KeyWaiter: our waiter, a local of the WaitMap.wait frame held by that "
         "cycle; it is in no cycle of its own"
     ),
     "TrioBinding": (

@@ -50,7 +50,7 @@ from _timing import print_machine, sample, summarize
 
 from anyio_waitmap._backends import current_binding
 from anyio_waitmap._parking import VALUE
-from anyio_waitmap._waitmap import _Waiter
+from anyio_waitmap._registry import KeyWaiter
 
 
 class BindingFloor(AsyncioFloor):
@@ -92,7 +92,7 @@ class WaiterFloor(RLockFloor):
         lock = self._lock
         lock.acquire()
         try:
-            waiter: Any = _Waiter(self, binding, key, None, False)  # type: ignore[arg-type]
+            waiter: Any = KeyWaiter(self, binding, key, None, False)  # type: ignore[arg-type]
             self._slots[key] = waiter
         finally:
             lock.release()
@@ -107,7 +107,7 @@ class WaiterFloor(RLockFloor):
         return waiter._outcome()
 
     def _remove(self, key: object, waiter: object) -> None:
-        # What a cancelled _Waiter calls on its map (with the lock held).
+        # What a cancelled KeyWaiter calls on its map (with the lock held).
         if self._slots.get(key) is waiter:
             del self._slots[key]
 

@@ -48,13 +48,14 @@ def test_public_classes_are_final(module: object) -> None:
 
 def test_hot_objects_have_no_instance_dict() -> None:
     from anyio_waitmap import Closed, NoMatch, WaitMap, WaitMapStatistics, Woke
+    from anyio_waitmap._registry import ExpectedWaiter, KeyWaiter
 
     stats = WaitMapStatistics(0, 0, 0, False)
-    for obj in (WaitMap(), Woke(1), NoMatch(1), Closed(1), stats):
+    wm: WaitMap[int, int] = WaitMap()
+    for obj in (wm, Woke(1), NoMatch(1), Closed(1), stats, wm.expect(1)):
         assert not hasattr(obj, "__dict__"), type(obj).__name__
-    from anyio_waitmap._waitmap import _Waiter
-
-    assert "__dict__" not in dir(_Waiter)
+    for cls in (KeyWaiter, ExpectedWaiter):
+        assert "__dict__" not in dir(cls), cls.__name__
 
 
 def test_importing_does_not_import_trio() -> None:

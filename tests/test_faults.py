@@ -42,7 +42,7 @@ from anyio import create_task_group, wait_all_tasks_blocked
 from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 import anyio_waitmap._backends._trio as trio_backend
-import anyio_waitmap._waitmap as waitmap_module
+import anyio_waitmap._registry as registry_module
 import anyio_waitmap._wakers as wakers_module
 from anyio_waitmap import (
     Closed,
@@ -1198,7 +1198,7 @@ ALLOCATIONS: dict[str, list[tuple[object, str]]] = {
     # wait_task_rescheduled. Here the waiter is already linked.
     "park": [(AsyncioBinding, "park"), (trio_backend, "wait_task_rescheduled")],
     # The WaitMap's waiter record.
-    "waiter_init": [(waitmap_module, "_Waiter")],
+    "waiter_init": [(registry_module, "KeyWaiter")],
     # The waker a WakeSink consumer registers.
     "waker_init": [(wakers_module, "Waker")],
 }
@@ -1414,8 +1414,8 @@ async def test_failure_after_take_consumed_a_stored_value(
     the value back, as a taker that was handed a value while parked does."""
     wm: WaitMap[str, Token] = WaitMap()
     wm["k"] = Token("v")
-    monkeypatch.setattr(AsyncioBinding, "yield_keeping_value", failing_yield)
-    monkeypatch.setattr(TrioBinding, "yield_keeping_value", failing_yield)
+    monkeypatch.setattr(AsyncioBinding, "cancel_shielded_checkpoint", failing_yield)
+    monkeypatch.setattr(TrioBinding, "cancel_shielded_checkpoint", failing_yield)
     with pytest.raises(MemoryError):
         await wm.take("k")
     monkeypatch.undo()

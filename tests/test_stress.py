@@ -91,7 +91,7 @@ from anyio_waitmap import (
     WakeSource,
     Woke,
 )
-from anyio_waitmap._wakers import _PARKED
+from anyio_waitmap._wakers import PARKED
 
 try:
     import uvloop
@@ -631,7 +631,7 @@ if uvloop is not None:
 def _consumer_parked(sink: WakeSink) -> bool:
     """Whether the consumer of ``sink`` is parked, waiting for a notification."""
     waker = sink._waker
-    return waker is not None and waker._state == _PARKED
+    return waker is not None and waker._state == PARKED
 
 
 # -- the test's own bounded waits ------------------------------------------------------

@@ -1,5 +1,10 @@
 """Parking on asyncio (and uvloop): one loop future per parked task."""
 
+# A friend of the parking layer (_parking.py): a binding reads the handle of
+# the task that parks, as the Parkable protocol of _base.py says. (What it reads
+# of asyncio's and anyio's internals is said where it does.)
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import math
@@ -12,7 +17,7 @@ from asyncio import (
     current_task,
     tasks,
 )
-from asyncio.events import _get_running_loop  # pyright: ignore[reportPrivateUsage]
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -60,7 +65,7 @@ def _yield() -> Generator[None, None, None]:
 
 
 @types.coroutine
-def _yield_keeping_value(binding: AsyncioBinding) -> Generator[None, None, None]:
+def _shielded_yield(binding: AsyncioBinding) -> Generator[None, None, None]:
     # A bare yield, cheaper than anyio's shielded checkpoint (which enters a
     # shielded scope): a cancellation that arrives meanwhile is caught and
     # re-armed. An anyio scope keeps delivering its cancellation by itself until
@@ -94,7 +99,7 @@ class AsyncioBinding:
         return self._loop.create_future()
 
     def park(self, task: Parkable) -> Future[None]:
-        return task._handle  # type: ignore[no-any-return]  # pyright: ignore[reportPrivateUsage]
+        return task._handle  # type: ignore[no-any-return]
 
     def unpark(self, handle: Future[None]) -> bool | None:
         loop = self._loop
@@ -152,5 +157,5 @@ class AsyncioBinding:
             pass
         return _checkpoint_if_cancelled()
 
-    def yield_keeping_value(self) -> Awaitable[None]:
-        return _yield_keeping_value(self)
+    def cancel_shielded_checkpoint(self) -> Awaitable[None]:
+        return _shielded_yield(self)

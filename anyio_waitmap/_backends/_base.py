@@ -73,10 +73,11 @@ class Binding(Protocol):
         """Raise the cancellation if the task is cancelled; do not otherwise yield."""
         ...
 
-    def yield_keeping_value(self) -> Awaitable[None]:
-        """Let other tasks run without raising a cancellation.
+    def cancel_shielded_checkpoint(self) -> Awaitable[None]:
+        """Let other tasks run without raising a cancellation, as trio's
+        function of that name does.
 
         Used after a value was consumed: a cancellation that arrives meanwhile is
-        re-armed for the next checkpoint instead of losing the value.
+        left for the next checkpoint instead of losing the value.
         """
         ...

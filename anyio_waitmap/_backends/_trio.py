@@ -1,5 +1,10 @@
 """Parking on trio: ``wait_task_rescheduled`` with an abort function that unlinks."""
 
+# A friend of the parking layer (_parking.py): a binding reads the handle of
+# the task that parks and calls its abort, as the Parkable protocol of _base.py
+# says. (What it reads of trio's internals is said where it does.)
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import threading
@@ -49,11 +54,11 @@ class TrioBinding:
             # Runs in the run's thread while the task is parked, and must not
             # raise: trio would take it for a bug of its own and end the run.
             try:
-                return Abort.SUCCEEDED if task._abort() else Abort.FAILED  # pyright: ignore[reportPrivateUsage]
+                return Abort.SUCCEEDED if task._abort() else Abort.FAILED
             except BaseException as exc:
                 # An unlink that failed (a lowlevel.Waiter's on_abort raised):
                 # the task leaves with the error instead, as it does on asyncio.
-                reschedule(task._handle, Error(exc))  # pyright: ignore[reportPrivateUsage]
+                reschedule(task._handle, Error(exc))
                 return Abort.FAILED
 
         # Returned, not awaited: the caller awaits it, saving a coroutine frame.
@@ -98,7 +103,7 @@ class TrioBinding:
     # backend up again on every call.
     checkpoint = staticmethod(checkpoint)
     checkpoint_if_cancelled = staticmethod(checkpoint_if_cancelled)
-    yield_keeping_value = staticmethod(cancel_shielded_checkpoint)
+    cancel_shielded_checkpoint = staticmethod(cancel_shielded_checkpoint)
 
 
 #: The RunVar that holds each run's binding.
@@ -114,7 +119,7 @@ try:
     # on every wait. This reaches into trio (checked with 0.32 and 0.35). Should
     # a later trio move it, current_binding() falls back to
     # current_trio_binding(), only slower, and tests/test_binding.py says so.
-    from trio._core import _run  # pyright: ignore[reportPrivateUsage]
+    from trio._core import _run
 
     run_context = _run.GLOBAL_RUN_CONTEXT
 except (ImportError, AttributeError):  # pragma: no cover
