@@ -29,12 +29,21 @@ Every row is sampled in interleaved rounds (A B C A B C ...), each sample in a
 fresh event loop after an untimed warm-up, with the cyclic GC collected before
 and disabled during the sample.
 
+From the repository root (``python -m benchmarks.wakers`` works too):
+
     python benchmarks/wakers.py [--rounds 15] [--json FILE] [--quick]
                                 [--scenarios idle ping-pong thread burst]
                                 [--pin CPU | --no-pinned]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -58,8 +67,12 @@ import anyio.from_thread
 import anyio.lowlevel
 import trio
 import uvloop
-from _floor import AsyncioFloor, TrioFloor
-from _timing import (
+from anyio._core._eventloop import get_async_backend
+
+from anyio_waitmap import WaitMap, WakeSink, _wakers
+from anyio_waitmap._backends import current_binding
+from benchmarks.common.floor import AsyncioFloor, TrioFloor
+from benchmarks.common.timing import (
     Row,
     Runner,
     print_header,
@@ -69,10 +82,6 @@ from _timing import (
     sample,
     summarize,
 )
-from anyio._core._eventloop import get_async_backend
-
-from anyio_waitmap import WaitMap, WakeSink, _wakers
-from anyio_waitmap._backends import current_binding
 
 IDLE_CALLS = 200_000  # calls per sample of "notify with nobody waiting"
 ROUNDS = 5_000  # ping-pong round trips per sample
