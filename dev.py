@@ -6,7 +6,8 @@
                                    without ARGS, 100% branch coverage is required)
     python3 dev.py bench [--quick] run every benchmark, keep the results in
                                    benchmarks/results/ and redraw the chart
-                                   (--quick: a smoke run, results in a temp dir)
+                                   (--quick: a smoke run, results in a temp dir,
+                                   each scenario of wakers.py alone too)
     python3 dev.py mutate [NAMES]  mutation testing of the package with mutmut
                                    (configured in pyproject.toml; half an hour
                                    or more), then list the mutants that survived
@@ -40,6 +41,9 @@ BENCHMARKS = (
     ("steps", ["--rounds", "11"]),
     ("breakdown", []),
 )
+# wakers.py runs the scenarios of these scripts into one report (wakers.json);
+# the smoke run also runs each of them alone.
+WAKERS_SCENARIOS = ("wakers_idle", "wakers_ping_pong", "wakers_thread", "wakers_burst")
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
@@ -123,7 +127,10 @@ def bench(python: Path, args: list[str]) -> None:
     if args and not quick:
         sys.exit(f"dev.py bench: unknown arguments {args}; only --quick is known")
     results = Path(tempfile.mkdtemp()) if quick else ROOT / "benchmarks" / "results"
-    for name, full_run in BENCHMARKS:
+    benchmarks = list(BENCHMARKS)
+    if quick:
+        benchmarks += [(name, []) for name in WAKERS_SCENARIOS]
+    for name, full_run in benchmarks:
         command: list[str | Path] = [python, ROOT / "benchmarks" / f"{name}.py"]
         command += ["--quick"] if quick else full_run
         if name != "breakdown":  # it prints a table only

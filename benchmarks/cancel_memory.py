@@ -14,10 +14,19 @@ the way the task waits.
 Memory: N tasks park; tracemalloc reports the memory allocated while they
 park, per task (the task and its coroutine included), and as a ratio to raw.
 
+From the repository root (``python -m benchmarks.cancel_memory`` works too):
+
     python benchmarks/cancel_memory.py [--waiters 10000] [--rounds 9] [--json FILE]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -35,9 +44,15 @@ from typing import Any
 import anyio
 import trio
 import trio.testing
-from _timing import print_header, print_legend, print_machine, print_row, summarize
 
 from anyio_waitmap import WaitMap
+from benchmarks.common.timing import (
+    print_header,
+    print_legend,
+    print_machine,
+    print_row,
+    summarize,
+)
 
 N = 10_000
 

@@ -10,10 +10,19 @@ floor to WaitMap is the library's own. Rows are sampled in
 interleaved rounds, each sample in a fresh event loop, with the cyclic GC
 collected before and disabled during the sample.
 
+From the repository root (``python -m benchmarks.fanin`` works too):
+
     python benchmarks/fanin.py [--keys 10000] [--rounds 15] [--json FILE]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -28,8 +37,10 @@ import outcome
 import trio
 import trio.testing
 import uvloop
-from _floor import AsyncioFloor, TrioFloor
-from _timing import (
+
+from anyio_waitmap import WaitMap
+from benchmarks.common.floor import AsyncioFloor, TrioFloor
+from benchmarks.common.timing import (
     print_header,
     print_legend,
     print_machine,
@@ -37,8 +48,6 @@ from _timing import (
     sample,
     summarize,
 )
-
-from anyio_waitmap import WaitMap
 
 N = 10_000
 
@@ -70,7 +79,7 @@ async def asyncio_raw_futures() -> None:
 
 async def asyncio_floor() -> None:
     """The least any thread-safe keyed hand-over with WaitMap's guarantees
-    does, written out by hand (see _floor.py)."""
+    does, written out by hand (see common/floor.py)."""
     floor = AsyncioFloor()
     tasks = [asyncio.create_task(floor.wait(key)) for key in range(N)]
     await asyncio.sleep(0)
@@ -187,7 +196,7 @@ async def trio_raw_reschedule() -> None:
 
 
 async def trio_floor() -> None:
-    """The trio twin of asyncio_floor (see _floor.py)."""
+    """The trio twin of asyncio_floor (see common/floor.py)."""
     floor = TrioFloor()
     async with trio.open_nursery() as nursery:
         for key in range(N):

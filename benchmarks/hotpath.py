@@ -11,10 +11,19 @@ On asyncio and asyncio+uvloop only: driving coroutines by hand needs a future
 to suspend on, and trio's parking (``wait_task_rescheduled``) reschedules the
 task that runs the benchmark, so it cannot be driven this way.
 
+From the repository root (``python -m benchmarks.hotpath`` works too):
+
     python benchmarks/hotpath.py [--keys 100000] [--repeat 5] [--json FILE]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -25,9 +34,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
-from _timing import print_machine
 
 from anyio_waitmap import WaitMap
+from benchmarks.common.timing import print_machine
 
 
 def timed(step: Callable[[], None], count: int) -> float:

@@ -9,11 +9,20 @@ plus a value slot (trio). Reported, on asyncio, asyncio+uvloop and trio: time pe
 call over interleaved rounds, each sample in a fresh event loop after an untimed
 warm-up, with the cyclic GC collected before and disabled during the sample.
 
+From the repository root (``python -m benchmarks.rpc_tcp`` works too):
+
     python benchmarks/rpc_tcp.py [--calls 5000] [--concurrency 100] [--rounds 5]
                                  [--json FILE] [--quick]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -25,7 +34,10 @@ from typing import Any
 
 import anyio
 import trio
-from _timing import (
+from anyio.abc import SocketAttribute, SocketStream
+
+from anyio_waitmap import WaitMap
+from benchmarks.common.timing import (
     gc_paused,
     print_header,
     print_legend,
@@ -33,9 +45,6 @@ from _timing import (
     print_row,
     summarize,
 )
-from anyio.abc import SocketAttribute, SocketStream
-
-from anyio_waitmap import WaitMap
 
 FRAME = struct.Struct("!QQ")  # request id, value
 CALLS = 5_000

@@ -11,10 +11,19 @@ At 1e6 keys a sample takes 10 to 30 s on a slow 2-core machine and the process
 peaks near 2.5 GB, so sizes above 1e5 get ``--large-rounds`` rounds (default 1)
 instead of ``--rounds``; the whole run then takes about 10 minutes.
 
+From the repository root (``python -m benchmarks.scale`` works too):
+
     python benchmarks/scale.py [--rounds 5] [--max-keys 100000] [--json FILE]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import json
@@ -22,8 +31,8 @@ import resource
 import time
 from typing import Any
 
-import fanin
-from _timing import Summary, print_machine, sample, summarize
+from benchmarks import fanin
+from benchmarks.common.timing import Summary, print_machine, sample, summarize
 
 
 def main() -> None:

@@ -1,11 +1,12 @@
 """From the floor to WaitMap, one step at a time (keyed fan-in).
 
 ``fanin.py`` shows how much a ``WaitMap`` hand-over costs more than the floor
-(``_floor.py``: the least a thread-safe keyed hand-over with the same guarantees
-does). This script splits that gap: each row is the row before it with one
-more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
+(``common/floor.py``: the least a thread-safe keyed hand-over with the same
+guarantees does). This script splits that gap: each row is the row before it
+with one more thing that ``WaitMap`` does, and the last row is ``WaitMap``
+itself.
 
-* ``floor``: ``_floor.AsyncioFloor``, the floor row of ``fanin.py``.
+* ``floor``: ``common.floor.AsyncioFloor``, the floor row of ``fanin.py``.
 * ``+ binding``: the loop found with the package's ``current_binding()``
   (which also checks that a task is running, and serves tasks of any loop)
   and the future made by the binding, instead of ``asyncio.get_running_loop()``.
@@ -19,19 +20,28 @@ more thing that ``WaitMap`` does, and the last row is ``WaitMap`` itself.
   several waiters per key, the counts behind ``statistics()``, and the method
   calls that hold it together.
 
-On trio the same steps start from ``_floor.TrioFloor``, and the binding's
-lookup replaces no lookup at all: the trio floor is made in one run and serves
-only that one.
+On trio the same steps start from ``common.floor.TrioFloor``, and the
+binding's lookup replaces no lookup at all: the trio floor is made in one run
+and serves only that one.
 
 Per key, net of spawning and finishing the tasks (the spawn-only row of the
 same round subtracted), on asyncio, asyncio+uvloop and trio; rows sampled in
 interleaved rounds, each sample in a fresh event loop, with the cyclic GC
 collected before and disabled during the sample.
 
+From the repository root (``python -m benchmarks.steps`` works too):
+
     python benchmarks/steps.py [--keys 10000] [--rounds 11] [--json FILE] [--quick]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, a script finds the package `benchmarks` at the repository root.
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -41,16 +51,16 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import fanin
 import trio
 import trio.lowlevel
 import trio.testing
-from _floor import AsyncioFloor, TrioFloor, _Slot
-from _timing import print_machine, sample, summarize
 
 from anyio_waitmap._backends import current_binding
 from anyio_waitmap._parking import VALUE
 from anyio_waitmap._registry import KeyWaiter
+from benchmarks import fanin
+from benchmarks.common.floor import AsyncioFloor, TrioFloor, _Slot
+from benchmarks.common.timing import print_machine, sample, summarize
 
 
 class BindingFloor(AsyncioFloor):

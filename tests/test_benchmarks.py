@@ -15,22 +15,19 @@ from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[dict[str, ModuleType]]:
     """The benchmark scripts, imported the way they import one another."""
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(ROOT))
     try:
-        import chart
-        import fanin
-        import scale
-        import wakers
+        from benchmarks import chart, fanin, scale, wakers
 
         yield {"chart": chart, "fanin": fanin, "scale": scale, "wakers": wakers}
     finally:
-        sys.path.remove(str(BENCHMARKS))
+        sys.path.remove(str(ROOT))
 
 
 def test_fanin_rows_start_with_spawn_only_then_raw(

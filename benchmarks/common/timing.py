@@ -116,7 +116,7 @@ def machine() -> dict[str, object]:
 def package_state() -> dict[str, object]:
     """Which code was measured: the commit, and a digest of the package's source
     as it was on disk (it may hold changes not committed yet)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for path in sorted((root / "anyio_waitmap").rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())

@@ -1,5 +1,6 @@
 """The "floor" of a keyed hand-over: the least that any thread-safe one with
-WaitMap's guarantees does, written out by hand, for fanin.py and wakers.py.
+WaitMap's guarantees does, written out by hand, for fanin.py, steps.py and
+wakers_thread.py.
 
 * A lock around both sides, since any thread may wake.
 * The waiter's own event loop, found at each wait, since tasks of any loop may
