@@ -22,11 +22,11 @@ died, or was cut off for longer than the lease) is reclaimed by the others
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import secrets
 import sys
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -38,7 +38,6 @@ import anyio
 import anyio.lowlevel
 import coredis
 import coredis.exceptions
-from anyio.abc import TaskGroup, TaskStatus
 from coredis.commands import Script
 from coredis.retry import NoRetryPolicy
 
@@ -48,7 +47,7 @@ from .._outcomes import Closed, NoMatch, WakeOutcome, Woke
 from .._sink import WakeSink
 from .._waitmap import WaitMap
 from ._codec import Codec, RedisKey, decode_value, encode_key, encode_value
-from ._layout import Layout
+from ._layout import PARTITIONS, Layout
 from ._scripts import NAMES, source
 
 if sys.version_info < (3, 11):
@@ -107,6 +106,30 @@ def _only_unavailability(group: BaseExceptionGroup[Any]) -> bool:
     return rest is None
 
 
+def _unwrapped(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one exception in ``group`` and the groups nested in it, or
+    ``group`` if there are more."""
+    inner: BaseExceptionGroup[BaseException] = group
+    while len(inner.exceptions) == 1:
+        leaf = inner.exceptions[0]
+        if not isinstance(leaf, BaseExceptionGroup):
+            return leaf
+        inner = cast("BaseExceptionGroup[BaseException]", leaf)
+    return group
+
+
+def _unavailability_in(group: BaseExceptionGroup[Any]) -> RedisUnavailable | None:
+    """The RedisUnavailable in ``group``, if that is all it holds."""
+    unavailable, rest = group.split(RedisUnavailable)
+    if rest is not None or unavailable is None:
+        return None
+    leaf: BaseException = unavailable
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, RedisUnavailable)
+    return leaf
+
+
 @final
 class RedisWaitMap(Generic[V]):
     """A map of keys that tasks of any process can wait on and wake.
@@ -118,10 +141,14 @@ class RedisWaitMap(Generic[V]):
     """
 
     __slots__ = (
+        "_background",
         "_client",
         "_closed",
         "_codec",
+        "_connection",
         "_counter",
+        "_delivered",
+        "_in_flight",
         "_layout",
         "_lease",
         "_local",
@@ -129,11 +156,11 @@ class RedisWaitMap(Generic[V]):
         "_options",
         "_owner",
         "_pending",
+        "_running",
         "_scripts",
         "_shown_url",
-        "_stack",
         "_subscribed",
-        "_task_group",
+        "_tasks",
         "_timeout",
         "_url",
         "_waiting",
@@ -174,19 +201,35 @@ class RedisWaitMap(Generic[V]):
         #: This instance's name in Redis: its registrations and doorbell.
         self._owner = secrets.token_hex(6)
         self._counter = itertools.count()
+        #: Hands outcomes to this instance's tasks, keyed by registration.
         self._local: WaitMap[str, bytes] = WaitMap()
-        #: Registrations waiting for their outcome: registration -> encoded key.
+        # Every registration of this instance in Redis is in one of the four
+        # dicts below (registration -> encoded key, and for the last two
+        # whether it is an acknowledgement), or left to the lease at exit.
+        #: Registered, no outcome received yet.
         self._waiting: dict[str, str] = {}
-        #: Releases and acknowledgements to carry out: (registration, key, ack).
-        self._pending: deque[tuple[str, str, bool]] = deque()
+        #: Its outcome was handed to its task (or read at once by an
+        #: expectation); the task will return it or give it back.
+        self._delivered: dict[str, str] = {}
+        #: Releases and acknowledgements to carry out, then being carried out.
+        self._pending: dict[str, tuple[str, bool]] = {}
+        self._in_flight: dict[str, tuple[str, bool]] = {}
         self._work = WakeSink()
         self._opened = False
         self._closed = False
+        #: Whether the background tasks run (from opening to the exit).
+        self._running = False
         self._subscribed = False
         self._client: coredis.Redis[bytes] | None = None
         self._scripts: dict[str, Script[bytes]] = {}
-        self._stack: AsyncExitStack | None = None
-        self._task_group: TaskGroup | None = None
+        #: The client, and the background tasks' group, exited in that order
+        #: reversed: the tasks end before the last commands at exit.
+        self._connection = AsyncExitStack()
+        self._tasks = AsyncExitStack()
+        #: The background tasks' cancel scopes, which the exit cancels: not
+        #: their group's, which is also the scope of the block that opened
+        #: the map.
+        self._background: list[anyio.CancelScope] = []
 
     @overload
     @classmethod
@@ -250,32 +293,46 @@ class RedisWaitMap(Generic[V]):
     # -- opening and closing ---------------------------------------------------------
 
     async def __aenter__(self) -> RedisWaitMap[V]:
-        """Connect, take the lease, subscribe to the doorbell, and start the
-        background tasks (the receiver, the lease, the reaper, the work).
+        """Connect, take the lease, and start the background tasks (the
+        doorbell's receiver, the lease, the reaper, the releases).
 
         Raises:
             RedisUnavailable: Redis could not be reached within ``timeout``.
-            RuntimeError: the map was opened before.
+            RuntimeError: the map was opened (or closed) before.
         """
-        if self._opened:
+        if self._opened or self._closed:
             raise RuntimeError("a RedisWaitMap can be opened only once")
         self._opened = True
-        layout = self._layout
-        async with AsyncExitStack() as stack:
-            client = self._client = await stack.enter_async_context(self._new_client())
-            self._scripts = {
-                name: client.register_script(source(name)) for name in NAMES
-            }
-            await self._command(client.ping())
-            await self._take_lease()
-            await self._command(client.sadd(layout.owners(), [self._owner]))
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            await task_group.start(self._receive)
-            task_group.start_soon(self._keep_lease)
-            task_group.start_soon(self._reap)
-            task_group.start_soon(self._carry_out)
-            self._task_group = task_group
-            self._stack = stack.pop_all()
+        try:
+            async with AsyncExitStack() as connection, AsyncExitStack() as tasks:
+                client = await connection.enter_async_context(self._new_client())
+                self._client = client
+                self._scripts = {
+                    name: client.register_script(source(name)) for name in NAMES
+                }
+                await self._take_lease()
+                await self._command(client.sadd(self._layout.owners(), [self._owner]))
+                task_group = await tasks.enter_async_context(anyio.create_task_group())
+                for work in (
+                    self._receive,
+                    self._keep_lease,
+                    self._reap,
+                    self._carry_out,
+                ):
+                    scope = anyio.CancelScope()
+                    self._background.append(scope)
+                    task_group.start_soon(self._in_background, scope, work)
+                self._running = True
+                self._tasks = tasks.pop_all()
+                self._connection = connection.pop_all()
+        except BaseExceptionGroup as group:
+            self._closed = True  # it cannot be used any more
+            # coredis's client wraps what fails inside it in a group: a single
+            # error comes out as itself.
+            raise _unwrapped(group) from None
+        except BaseException:
+            self._closed = True
+            raise
         return self
 
     async def __aexit__(
@@ -284,47 +341,63 @@ class RedisWaitMap(Generic[V]):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close: the waiting tasks of this instance raise WaitMapClosed, its
-        registrations leave Redis (values handed to them go on), and the
-        background tasks stop. Stored values stay. If Redis cannot be reached
-        within ``timeout``, the lease reclaims what is left."""
-        await self.aclose()
+        """Close (see :meth:`aclose`), carry out the releases left, and leave
+        Redis; the lease is given back unless Redis is unreachable (for
+        ``timeout``), in which case the other instances reclaim what is left
+        once it runs out."""
+        try:
+            await self.aclose()
+        finally:
+            for scope in self._background:
+                scope.cancel()
+            try:
+                await self._tasks.aclose()
+            finally:
+                try:
+                    # Shielded, and bounded: leaving goes on in a cancelled
+                    # scope, as a clean-up must, but never for longer than the
+                    # timeout.
+                    with anyio.CancelScope(shield=True) as scope:
+                        scope.deadline = anyio.current_time() + self._timeout
+                        await self._leave_redis()
+                finally:
+                    self._running = False
+                    await self._connection.aclose()
 
     async def aclose(self) -> None:
-        """Close, as leaving ``async with`` does; idempotent."""
-        if self._closed or self._stack is None:
-            self._closed = True
-            await anyio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        self._local.close()
-        # Shielded, and bounded: closing goes on in a cancelled scope, as a
-        # clean-up must, but never for longer than the timeout.
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + self._timeout
-            await self._release_everything()
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
-        stack, self._stack = self._stack, None
-        await stack.aclose()
+        """Close: the waiting tasks of this instance raise
+        :exc:`~anyio_waitmap.WaitMapClosed` and their registrations leave
+        Redis; later calls raise it too (``wake`` returns ``Closed``). Stored
+        values stay. Idempotent; a checkpoint.
 
-    async def _release_everything(self) -> None:
-        for registration, key in self._waiting.items():
-            self._pending.append((registration, key, False))
-        self._waiting.clear()
+        Leaving the ``async with`` block closes the map; this is for closing it
+        earlier, from inside the block. Tasks that were handed their outcome
+        before still return it."""
+        if not self._closed:
+            self._closed = True
+            self._local.close()
+            for registration in list(self._waiting):
+                self._release_later(registration, ack=False)
+        await anyio.lowlevel.checkpoint()
+
+    async def _leave_redis(self) -> None:
+        """Carry out the releases left, and give the lease back if nothing is
+        left in Redis for this instance."""
         try:
             while self._pending:
                 await self._carry_out_batch()
+            if self._delivered:
+                # Tasks outside the block still hold outcomes: what they did
+                # not acknowledge is left to the lease.
+                return
+            # What a release could not find (it overtook its registration on
+            # the way to Redis) goes now, as a reaper would remove it.
+            await self._reclaim_everywhere(self._owner)
             client = self._live_client()
-            layout = self._layout
-            await self._command(client.srem(layout.owners(), [self._owner]))
-            await self._command(
-                client.delete(
-                    [layout.alive(self._owner), layout.owned_keys(self._owner)]
-                )
-            )
+            await self._command(client.srem(self._layout.owners(), [self._owner]))
+            await self._command(client.delete([self._layout.alive(self._owner)]))
         except RedisUnavailable:
-            pass  # the lease will run out, and the others reclaim the rest
+            pass  # the lease runs out, and the others reclaim what is left
 
     def _new_client(self) -> coredis.Redis[bytes]:
         timeout = self._timeout
@@ -338,6 +411,18 @@ class RedisWaitMap(Generic[V]):
             self._url, decode_responses=False, retry_policy=NoRetryPolicy(), **options
         )
 
+    async def _usable(self, operation: str) -> coredis.Redis[bytes]:
+        """The client, if the map is open; a checkpoint if it is not."""
+        client = self._client
+        if client is None or self._closed:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if client is None:
+                raise RuntimeError(
+                    f"open the RedisWaitMap with `async with` before you {operation} it"
+                )
+            raise WaitMapClosed(f"cannot {operation} a closed RedisWaitMap")
+        return client
+
     def _live_client(self) -> coredis.Redis[bytes]:
         client = self._client
         assert client is not None
@@ -349,9 +434,10 @@ class RedisWaitMap(Generic[V]):
         """Remove and return the value of ``key``, waiting until there is one.
 
         Takers of a key, in every process, are served in the order they
-        registered with Redis. A value handed to this task is returned by it;
-        a cancellation that reaches the task before its process received the
-        value passes the value on (to the next taker, or into the store).
+        registered with Redis. A value that reached this task's process for it
+        is returned by the task, even if it is cancelled meanwhile (the
+        cancellation comes at its next checkpoint); a cancellation that comes
+        first passes the value on, to the next taker or into the store.
 
         This is a checkpoint.
 
@@ -366,7 +452,7 @@ class RedisWaitMap(Generic[V]):
     async def wait(self, key: RedisKey) -> V:
         """Return the value of ``key``, waiting until there is one.
 
-        A stored value is returned at once and stays stored; otherwise the task
+        Returns the stored value at once if there is one (without taking it);
         waits for a value stored or handed over with :meth:`wake`. This is a
         checkpoint.
 
@@ -391,21 +477,15 @@ class RedisWaitMap(Generic[V]):
         Raises:
             RedisUnavailable: Redis could not be reached in ``timeout``.
             TypeError: ``key`` or ``value`` cannot be encoded (nothing was sent).
+            RuntimeError: the map was not opened.
         """
         encoded_key = encode_key(key)
         data = encode_value(value, self._codec)
         if self._closed:
             await anyio.lowlevel.checkpoint()
             return Closed(value)
-        woken, _ = await self._script(
-            "handover",
-            encoded_key,
-            "wake",
-            data,
-            0,
-            self._layout.bell_prefix(),
-            encoded_key,
-        )
+        await self._usable("wake a key of")
+        woken, _ = await self._script("handover", encoded_key, "wake", data, 0)
         return Woke(woken) if woken else NoMatch(value)
 
     async def set(self, key: RedisKey, value: V, *, ttl: float | None = None) -> None:
@@ -430,26 +510,20 @@ class RedisWaitMap(Generic[V]):
                     f"ttl must be a positive number of seconds, not {ttl!r}"
                 )
             ttl_ms = max(1, math.ceil(ttl * 1000))
-        await self._refuse_if_closed("store a value in")
-        await self._script(
-            "handover",
-            encoded_key,
-            "set",
-            data,
-            ttl_ms,
-            self._layout.bell_prefix(),
-            encoded_key,
-        )
+        await self._usable("store a value in")
+        await self._script("handover", encoded_key, "set", data, ttl_ms)
 
     async def get(self, key: RedisKey, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default``; never waits for one.
 
         Raises:
+            WaitMapClosed: this instance is closed.
             RedisUnavailable: Redis could not be reached in ``timeout``.
             TypeError: ``key`` is not a ``str``, ``bytes`` or ``int``.
         """
         names = self._layout.key(encode_key(key))
-        data = await self._command(self._live_client().get(names[0]))
+        client = await self._usable("read")
+        data = await self._command(client.get(names.v))
         return default if data is None else decode_value(data, self._codec)
 
     async def pop(self, key: RedisKey, default: Any = _MISSING) -> Any:
@@ -457,11 +531,13 @@ class RedisWaitMap(Generic[V]):
 
         Raises:
             KeyError: nothing is stored under ``key`` and no default was given.
+            WaitMapClosed: this instance is closed.
             RedisUnavailable: Redis could not be reached in ``timeout``.
             TypeError: ``key`` is not a ``str``, ``bytes`` or ``int``.
         """
         names = self._layout.key(encode_key(key))
-        data = await self._command(self._live_client().getdel(names[0]))
+        client = await self._usable("remove a value from")
+        data = await self._command(client.getdel(names.v))
         if data is not None:
             return decode_value(data, self._codec)
         if default is _MISSING:
@@ -481,11 +557,8 @@ class RedisWaitMap(Generic[V]):
             TypeError: ``key`` is not a ``str``, ``bytes`` or ``int``.
         """
         encoded_key = encode_key(key)
-        await self._refuse_if_closed("cancel a key of")
-        result = await self._script(
-            "cancel", encoded_key, self._layout.bell_prefix(), encoded_key
-        )
-        return cast("int", result)
+        await self._usable("cancel a key of")
+        return cast("int", await self._script("cancel", encoded_key))
 
     def expect(self, key: RedisKey, *, take: bool = True) -> RedisExpectation[V]:
         """Register for the value of ``key`` before sending the request whose
@@ -503,11 +576,10 @@ class RedisWaitMap(Generic[V]):
 
     def statistics(self) -> RedisWaitMapStatistics:
         """A snapshot of this instance (its own waiting tasks)."""
-        local = self._local.statistics()
         return RedisWaitMapStatistics(
-            tasks_waiting=local.tasks_waiting,
+            tasks_waiting=self._local.statistics().tasks_waiting,
             keys_waiting=len(set(self._waiting.values())),
-            pending_operations=len(self._pending),
+            pending_operations=len(self._pending) + len(self._in_flight),
             subscribed=self._subscribed,
             closed=self._closed,
         )
@@ -534,36 +606,28 @@ class RedisWaitMap(Generic[V]):
 
     async def _wait(self, key: RedisKey, kind: str) -> V:
         encoded_key = encode_key(key)
-        await self._refuse_if_closed("wait on")
+        await self._usable("wait on")
         registration = self._new_registration(kind)
+        self._waiting[registration] = encoded_key
         try:
             with self._local.expect(registration, take=False) as delivered:
-                self._waiting[registration] = encoded_key
                 held = await self._register(registration, encoded_key)
-                if held is None:
-                    outcome = await delivered
-                else:
-                    self._waiting.pop(registration, None)
-                    outcome = held
+                outcome = await delivered if held is None else held
         except BaseException:
             # Registered or not, handed something or not: released either way,
             # and what it was handed goes on.
-            self._release_later(registration, encoded_key, ack=False)
+            self._release_later(registration, ack=False)
             raise
-        if kind == "t" or held is None:
-            # A value read at once by a wait is not held for it in Redis.
-            self._release_later(registration, encoded_key, ack=True)
+        if held is not None and kind == "w":
+            # A stored value read at once: nothing is held for it in Redis.
+            del self._waiting[registration]
+        else:
+            self._release_later(registration, ack=True)
         return self._decode(outcome, key)
 
     async def _register(self, registration: str, encoded_key: str) -> bytes | None:
         """Register, or take (read) the stored value at once: its outcome then."""
-        result = await self._script(
-            "register",
-            encoded_key,
-            registration,
-            encoded_key,
-            extra_key=self._layout.owned_keys(self._owner),
-        )
+        result = await self._script("register", encoded_key, registration, owned=True)
         return None if result == 0 else cast("bytes", result)
 
     def _decode(self, outcome: bytes, key: RedisKey) -> V:
@@ -575,23 +639,17 @@ class RedisWaitMap(Generic[V]):
     def _new_registration(self, kind: str) -> str:
         return f"{kind}{self._owner}/{next(self._counter):x}"
 
-    def _release_later(self, registration: str, encoded_key: str, *, ack: bool) -> None:
+    def _release_later(self, registration: str, *, ack: bool) -> None:
         """Queue the release (or the acknowledgement) of ``registration``: the
         background work carries it out, retrying while Redis is unreachable."""
-        self._waiting.pop(registration, None)
-        if self._closed and self._stack is None:
-            return  # closed: released already, or left to the lease
-        self._pending.append((registration, encoded_key, ack))
-        self._work.notify()
-
-    async def _refuse_if_closed(self, operation: str) -> None:
-        if self._closed or not self._opened:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            if not self._opened:
-                raise RuntimeError(
-                    f"open the RedisWaitMap with `async with` before you {operation} it"
-                )
-            raise WaitMapClosed(f"cannot {operation} a closed RedisWaitMap")
+        encoded_key = self._waiting.pop(registration, None)
+        if encoded_key is None:
+            encoded_key = self._delivered.pop(registration, None)
+            if encoded_key is None:
+                return  # released already (by aclose)
+        if self._running:
+            self._pending[registration] = (encoded_key, ack)
+            self._work.notify()
 
     # -- Redis commands --------------------------------------------------------------
 
@@ -600,33 +658,42 @@ class RedisWaitMap(Generic[V]):
             return await request
         except _Errors as exc:
             raise _unavailable(exc, self._shown_url) from exc
-        except BaseExceptionGroup as group:
-            if _only_unavailability(group):
-                raise _unavailable(group, self._shown_url) from group
-            raise
 
     async def _script(
-        self,
-        name: str,
-        encoded_key: str,
-        *args: str | bytes | int,
-        extra_key: str | None = None,
+        self, name: str, encoded_key: str, *args: str | bytes | int, owned: bool = False
     ) -> Any:
+        """Run the script ``name`` on the keys of ``encoded_key`` (and on this
+        instance's count of what it holds in their partition if ``owned``)."""
         names = self._layout.key(encoded_key)
-        if extra_key is not None:
-            names.append(extra_key)
+        keys = list(names[:4])
+        if owned:
+            keys.append(self._layout.owned_keys(names.partition, self._owner))
+        return await self._run(
+            name, keys, *self._bell(names.partition), encoded_key, *args
+        )
+
+    async def _run(self, name: str, keys: list[str], *args: str | bytes | int) -> Any:
         script = self._scripts[name]
         # coredis leaves the type of the default callback open.
-        request = cast("Awaitable[Any]", script(keys=names, args=list(args)))  # pyright: ignore[reportUnknownArgumentType]
+        request = cast("Awaitable[Any]", script(keys=keys, args=list(args)))  # pyright: ignore[reportUnknownArgumentType]
         return await self._command(request)
+
+    def _bell(self, partition: int) -> tuple[str, str]:
+        """The doorbell channels' prefix in ``partition`` and the command that
+        rings them, as the scripts take them."""
+        del partition  # one channel per instance on a standalone Redis
+        return self._layout.bell_prefix(), "PUBLISH"
 
     # -- the background tasks --------------------------------------------------------
 
-    async def _receive(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    async def _in_background(
+        self, scope: anyio.CancelScope, work: Callable[[], Awaitable[None]]
     ) -> None:
+        with scope:
+            await work()
+
+    async def _receive(self) -> None:
         """Keep the doorbell subscription up; hand outcomes to the tasks."""
-        started = False
         delay = _FIRST_DELAY
         channel = self._layout.bell_prefix() + self._owner
         while True:
@@ -636,21 +703,20 @@ class RedisWaitMap(Generic[V]):
                 # given back to its pool.
                 async with (
                     self._new_client() as client,
-                    client.pubsub(channels=[channel], retry_policy=None) as pubsub,
+                    client.pubsub(
+                        channels=[channel],
+                        ignore_subscribe_messages=True,
+                        retry_policy=None,
+                        subscription_timeout=self._timeout,
+                    ) as pubsub,
                 ):
+                    # Subscribed. The state is the truth: read what the
+                    # registrations hold, for what rang while it was down.
+                    await self._read_back()
+                    self._subscribed = True
+                    delay = _FIRST_DELAY
                     async for message in pubsub:
-                        if message["type"] == "subscribe":
-                            # The state is the truth: read what the
-                            # registrations hold, for what rang while the
-                            # subscription was down.
-                            await self._read_back()
-                            self._subscribed = True
-                            delay = _FIRST_DELAY
-                            if not started:
-                                started = True
-                                task_status.started()
-                        elif message["type"] == "message":
-                            self._on_bell(cast("bytes", message["data"]))
+                        self._on_bell(cast("bytes", message["data"]))
             except (*_Errors, RedisUnavailable, BaseExceptionGroup) as exc:
                 if self._closed:
                     # Closing: coredis may fail to unsubscribe from a connection
@@ -660,21 +726,32 @@ class RedisWaitMap(Generic[V]):
                     exc
                 ):
                     raise
-                self._subscribed = False
-                if not started:
-                    raise _unavailable(exc, self._shown_url) from exc
+            self._subscribed = False
             await anyio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY)
 
     def _on_bell(self, data: bytes) -> None:
-        _, registration, outcome = data.split(b"\n", 2)
-        self._hand_over(registration.decode("ascii"), outcome)
+        encoded_key, registration, outcome = data.split(b"\n", 2)
+        self._hand_over(registration.decode("ascii"), outcome, encoded_key)
 
-    def _hand_over(self, registration: str, outcome: bytes) -> None:
-        # A copy of an outcome this instance handed over already (rung and read
-        # back), or one for a task that left (its release is queued), is skipped.
-        if registration in self._waiting and self._local.wake(registration, outcome):
-            del self._waiting[registration]
+    def _hand_over(self, registration: str, outcome: bytes, encoded_key: bytes) -> None:
+        if registration in self._waiting:
+            # Its task is in the local map until it leaves _waiting.
+            woke = self._local.wake(registration, outcome)
+            assert woke, woke
+            self._delivered[registration] = self._waiting.pop(registration)
+        elif (
+            registration not in self._delivered
+            and registration not in self._pending
+            and registration not in self._in_flight
+            and self._running
+        ):
+            # A registration this instance let go of, which Redis still had (its
+            # release overtook it on the way): what it was handed goes on.
+            self._pending[registration] = (encoded_key.decode("ascii"), False)
+            self._work.notify()
+        # Otherwise, a copy of an outcome handed over already (rung and read
+        # back), or one for a task that left: skipped.
 
     async def _read_back(self) -> None:
         by_key: dict[str, list[str]] = {}
@@ -682,11 +759,11 @@ class RedisWaitMap(Generic[V]):
             by_key.setdefault(encoded_key, []).append(registration)
         client = self._live_client()
         for encoded_key, registrations in by_key.items():
-            held = self._layout.key(encoded_key)[3]
+            held = self._layout.key(encoded_key).d
             outcomes = await self._command(client.hmget(held, registrations))
             for registration, outcome in zip(registrations, outcomes, strict=True):
                 if outcome is not None:
-                    self._hand_over(registration, outcome)
+                    self._hand_over(registration, outcome, encoded_key.encode())
 
     async def _carry_out(self) -> None:
         """Release and acknowledge in Redis what the tasks left, in batches."""
@@ -701,42 +778,41 @@ class RedisWaitMap(Generic[V]):
                 delay = min(delay * 2, _MAX_DELAY)
 
     async def _carry_out_batch(self) -> None:
-        count = min(_BATCH, len(self._pending))
-        batch = [self._pending.popleft() for _ in range(count)]
+        batch = dict(itertools.islice(self._pending.items(), _BATCH))
+        for registration in batch:
+            del self._pending[registration]
+        self._in_flight.update(batch)
         try:
             # Sent together: coredis writes them on one connection back to back.
-            await self._concurrently(self._release, batch)
+            await self._concurrently(
+                functools.partial(self._release, registration, encoded_key, ack)
+                for registration, (encoded_key, ack) in batch.items()
+            )
         except BaseException:
-            # Released twice does no harm: release() is idempotent.
-            self._pending.extendleft(reversed(batch))
+            # Released twice does no harm: a release is idempotent.
+            self._pending.update(batch)
             raise
+        finally:
+            for registration in batch:
+                del self._in_flight[registration]
 
     async def _concurrently(
-        self,
-        function: Callable[[str, str, bool], Coroutine[Any, Any, object]],
-        calls: Iterable[tuple[str, str, bool]],
+        self, calls: Iterable[Callable[[], Coroutine[Any, Any, object]]]
     ) -> None:
-        """Call ``function`` with each of ``calls`` at once; one
-        RedisUnavailable if Redis failed any of them."""
+        """Run ``calls`` at once; one RedisUnavailable if Redis failed any."""
         try:
             async with anyio.create_task_group() as task_group:
-                for args in calls:
-                    task_group.start_soon(function, *args)
+                for call in calls:
+                    task_group.start_soon(call)
         except BaseExceptionGroup as group:
-            unavailable, rest = group.split(RedisUnavailable)
-            if rest is not None or unavailable is None:
+            unavailable = _unavailability_in(group)
+            if unavailable is None:
                 raise
-            raise unavailable.exceptions[0] from group
+            raise unavailable from None
 
     async def _release(self, registration: str, encoded_key: str, ack: bool) -> None:
         await self._script(
-            "release",
-            encoded_key,
-            registration,
-            encoded_key,
-            self._layout.bell_prefix(),
-            "ack" if ack else "",
-            extra_key=self._layout.owned_keys(self._owner),
+            "release", encoded_key, registration, "ack" if ack else "", owned=True
         )
 
     async def _take_lease(self) -> None:
@@ -747,7 +823,8 @@ class RedisWaitMap(Generic[V]):
 
     async def _keep_lease(self) -> None:
         """Refresh the lease; if it ran out meanwhile (cut off for longer than
-        the lease), register again what the others may have reclaimed."""
+        the lease, or Redis restarted without its data), take it again and
+        register again what the others may have reclaimed."""
         client = self._live_client()
         layout = self._layout
         ms = math.ceil(self._lease * 1000)
@@ -768,27 +845,43 @@ class RedisWaitMap(Generic[V]):
                 continue
 
     async def _recover_lease(self) -> None:
-        client = self._live_client()
-        layout = self._layout
-        lock = layout.reaping(self._owner)
-        ms = math.ceil(self._lease * 1000)
         # Reapers and this instance exclude each other with the reaping lock.
-        if not await self._command(
-            client.set(
-                lock, self._owner.encode(), px=ms, condition=coredis.PureToken.NX
-            )
-        ):
+        if not await self._lock("renew", self._owner):
             return  # a reaper works on it: try again at the next refresh
         try:
             await self._take_lease()
-            await self._command(client.sadd(layout.owners(), [self._owner]))
+            client = self._live_client()
+            await self._command(client.sadd(self._layout.owners(), [self._owner]))
             # Registrations a reaper removed come back, last in their queues.
-            for registration, encoded_key in list(self._waiting.items()):
-                held = await self._register(registration, encoded_key)
-                if held is not None:
-                    self._hand_over(registration, held)
+            waiting = list(self._waiting.items())
+            for start in range(0, len(waiting), _BATCH):
+                await self._concurrently(
+                    functools.partial(self._register_again, *registered)
+                    for registered in waiting[start : start + _BATCH]
+                )
         finally:
-            await self._command(client.delete([lock]))
+            await self._lock("unlock", self._owner)
+
+    async def _register_again(self, registration: str, encoded_key: str) -> None:
+        held = await self._register(registration, encoded_key)
+        if held is not None:
+            self._hand_over(registration, held, encoded_key.encode())
+
+    async def _lock(self, mode: str, owner: str) -> bool:
+        """Take (``reap``, ``renew``) or give back (``unlock``) the reaping
+        lock of ``owner``; whether it was done."""
+        layout = self._layout
+        done = await self._run(
+            "lock",
+            [layout.alive(owner), layout.reaping(owner)],
+            "",
+            "",
+            "",
+            mode,
+            self._owner,
+            math.ceil(self._lease * 1000),
+        )
+        return bool(done == 1)
 
     async def _reap(self) -> None:
         """Reclaim what instances whose lease ran out held."""
@@ -802,33 +895,34 @@ class RedisWaitMap(Generic[V]):
     async def _reap_once(self) -> None:
         client = self._live_client()
         layout = self._layout
-        ms = math.ceil(self._lease * 1000)
         for owner_bytes in await self._command(client.smembers(layout.owners())):
             owner = owner_bytes.decode("ascii")
-            if owner == self._owner or await self._command(
-                client.exists([layout.alive(owner)])
-            ):
-                continue
-            lock = layout.reaping(owner)
-            if not await self._command(
-                client.set(
-                    lock, self._owner.encode(), px=ms, condition=coredis.PureToken.NX
-                )
-            ):
+            # Only an owner whose lease ran out, and only one reaper at a time.
+            if owner == self._owner or not await self._lock("reap", owner):
                 continue
             try:
-                if await self._command(client.exists([layout.alive(owner)])):
-                    continue  # it came back between the two reads
-                owned = layout.owned_keys(owner)
-                for encoded_key_bytes in await self._command(client.hkeys(owned)):
-                    encoded_key = encoded_key_bytes.decode("ascii")
-                    await self._script(
-                        "reclaim", encoded_key, owner, layout.bell_prefix(), encoded_key
-                    )
-                await self._command(client.delete([owned]))
+                await self._reclaim_everywhere(owner)
                 await self._command(client.srem(layout.owners(), [owner]))
             finally:
-                await self._command(client.delete([lock]))
+                await self._lock("unlock", owner)
+
+    async def _reclaim_everywhere(self, owner: str) -> None:
+        """Reclaim what ``owner`` has in Redis, in every partition."""
+        await self._concurrently(
+            functools.partial(self._reclaim, owner, partition)
+            for partition in range(PARTITIONS)
+        )
+
+    async def _reclaim(self, owner: str, partition: int) -> None:
+        layout = self._layout
+        await self._run(
+            "reclaim",
+            [layout.owned_keys(partition, owner)],
+            *self._bell(partition),
+            "",
+            owner,
+            layout.base(partition),
+        )
 
 
 @final
@@ -874,7 +968,7 @@ class RedisExpectation(Generic[V]):
         if self._registration is not None:
             raise RuntimeError("an expectation can be entered only once")
         wm = self._map
-        await wm._refuse_if_closed("expect a value from")
+        await wm._usable("expect a value from")
         registration = self._registration = wm._new_registration(self._kind)
         local = self._local = wm._local.expect(registration, take=False)
         local.__enter__()
@@ -885,8 +979,11 @@ class RedisExpectation(Generic[V]):
             self._leave()
             raise
         if held is not None:
-            wm._waiting.pop(registration, None)
             self._held = held
+            del wm._waiting[registration]
+            if self._kind == "t":
+                # Held in Redis for this registration until acknowledged.
+                wm._delivered[registration] = self.encoded_key
         return self
 
     async def __aexit__(
@@ -901,12 +998,12 @@ class RedisExpectation(Generic[V]):
 
     def _leave(self) -> None:
         local, registration = self._local, self._registration
-        if local is None or registration is None:
-            return
+        assert local is not None
+        assert registration is not None
         self._local = None
         local.__exit__(None, None, None)
         if not self._received:
-            self._map._release_later(registration, self.encoded_key, ack=False)
+            self._map._release_later(registration, ack=False)
 
     def __await__(self) -> Generator[Any, Any, V]:
         return self._receive().__await__()
@@ -921,12 +1018,11 @@ class RedisExpectation(Generic[V]):
         if outcome is None:
             outcome = await local
         else:
+            # Cancelled here, it did not receive the value, which goes on.
             await anyio.lowlevel.checkpoint()
         self._received = True
-        wm = self._map
-        if self._kind == "t" or self._held is None:
-            wm._release_later(registration, self.encoded_key, ack=True)
-        return wm._decode(outcome, self.key)
+        self._map._release_later(registration, ack=True)
+        return self._map._decode(outcome, self.key)
 
     def __repr__(self) -> str:
         kind = "take" if self._kind == "t" else "wait"

@@ -10,7 +10,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Final
 
-NAMES: Final = ("register", "handover", "cancel", "release", "reclaim")
+NAMES: Final = ("register", "handover", "cancel", "release", "reclaim", "lock")
 
 
 @cache

@@ -1,12 +1,12 @@
 -- Register a waiter on a key, or take (or read) its stored value at once.
--- KEYS: V, T, W, D (see common.lua), and the owner's count of its keys (a hash)
--- ARGV: the registration, the encoded key
+-- KEYS: V, T, W, D, and O of the registration's owner (see common.lua)
+-- ARGV: (common), the registration
 -- Returns: 0 if it is registered (or was, by an earlier run of this call);
 --   'v' followed by the value if a value was stored. A value taken is kept in D
 --   for the registration until its process acknowledges it (a later run of
 --   this call returns it again).
-local v, t, w, d, owned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local reg, ek = ARGV[1], ARGV[2]
+local v, t, w, d, o = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local reg = ARGV[4]
 local held = redis.call('HGET', d, reg)
 if held then
   return held
@@ -23,7 +23,7 @@ if value then
   if queue == t then
     redis.call('DEL', v)
     redis.call('HSET', d, reg, 'v' .. value)
-    count(owned, ek, 1)
+    count(o, EK, 1)
   end
   return 'v' .. value
 end
@@ -33,5 +33,5 @@ if last[2] then
   score = tonumber(last[2]) + 1
 end
 redis.call('ZADD', queue, score, reg)
-count(owned, ek, 1)
+count(o, EK, 1)
 return 0
