@@ -63,17 +63,24 @@ DEFAULT_LEASE: Final = 10.0
 DEFAULT_TIMEOUT: Final = 5.0
 #: The most background operations sent in one go.
 _BATCH: Final = 64
+#: The part of the lease during which, after setting it, this instance hands
+#: outcomes over without asking Redis: the rest is a margin for the time the
+#: command took and for clocks that run at different rates.
+_LEASE_TRUSTED: Final = 2 / 3
 #: Reconnection delays of the receiver and of the background work.
 _FIRST_DELAY: Final = 0.05
 _MAX_DELAY: Final = 1.0
 
 
 class RedisUnavailable(ConnectionError):
-    """Redis could not be reached, or did not answer, in the map's ``timeout``.
+    """Redis could not be reached or did not answer in the map's ``timeout``,
+    or refused the command for now (out of memory, a read-only replica during
+    a failover, a busy script).
 
-    The operation's outcome is unknown when the request went out and its reply
-    was lost: a wake or a store may have taken place. Tasks already waiting are
-    not affected: they keep waiting, and carry on once Redis is back.
+    When the request went out and its reply was lost, the operation's outcome
+    is unknown: a wake or a store may have taken place. A refused command did
+    not run. Tasks already waiting are not affected: they keep waiting, and
+    carry on once Redis is back.
     """
 
 
@@ -95,10 +102,24 @@ class RedisWaitMapStatistics:
 
 
 _Errors = (coredis.exceptions.ConnectionError, TimeoutError)
+#: Errors with which Redis refuses a command for a while (out of memory, a
+#: replica during a failover, a busy script, a moved slot, a script cache
+#: that a restart emptied): the command did not run, and may be sent again.
+_REFUSALS = (
+    coredis.exceptions.ReadOnlyError,
+    coredis.exceptions.NoScriptError,
+    coredis.exceptions.TryAgainError,
+    coredis.exceptions.ClusterDownError,
+)
+_REFUSAL_CODES = frozenset({"OOM", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS"})
 
 
 def _unavailable(exc: BaseException, where: str) -> RedisUnavailable:
     return RedisUnavailable(f"Redis at {where} is unreachable or did not answer: {exc}")
+
+
+def _refused_for_now(exc: coredis.exceptions.ResponseError) -> bool:
+    return isinstance(exc, _REFUSALS) or str(exc).partition(" ")[0] in _REFUSAL_CODES
 
 
 def _only_unavailability(group: BaseExceptionGroup[Any]) -> bool:
@@ -151,6 +172,8 @@ class RedisWaitMap(Generic[V]):
         "_in_flight",
         "_layout",
         "_lease",
+        "_lease_check",
+        "_lease_until",
         "_local",
         "_opened",
         "_options",
@@ -162,6 +185,7 @@ class RedisWaitMap(Generic[V]):
         "_subscribed",
         "_tasks",
         "_timeout",
+        "_unconfirmed",
         "_url",
         "_waiting",
         "_work",
@@ -215,6 +239,11 @@ class RedisWaitMap(Generic[V]):
         self._pending: dict[str, tuple[str, bool]] = {}
         self._in_flight: dict[str, tuple[str, bool]] = {}
         self._work = WakeSink()
+        #: Until when the lease surely runs (this process's clock), and
+        #: whether a hand-over waits for it to be confirmed.
+        self._lease_until = -math.inf
+        self._unconfirmed = False
+        self._lease_check = WakeSink()
         self._opened = False
         self._closed = False
         #: Whether the background tasks run (from opening to the exit).
@@ -658,6 +687,12 @@ class RedisWaitMap(Generic[V]):
             return await request
         except _Errors as exc:
             raise _unavailable(exc, self._shown_url) from exc
+        except coredis.exceptions.ResponseError as exc:
+            if not _refused_for_now(exc):
+                raise
+            raise RedisUnavailable(
+                f"Redis at {self._shown_url} refused the command for now: {exc}"
+            ) from exc
 
     async def _script(
         self, name: str, encoded_key: str, *args: str | bytes | int, owned: bool = False
@@ -736,10 +771,17 @@ class RedisWaitMap(Generic[V]):
 
     def _hand_over(self, registration: str, outcome: bytes, encoded_key: bytes) -> None:
         if registration in self._waiting:
-            # Its task is in the local map until it leaves _waiting.
-            woke = self._local.wake(registration, outcome)
-            assert woke, woke
-            self._delivered[registration] = self._waiting.pop(registration)
+            if anyio.current_time() >= self._lease_until:
+                # The lease may have run out (the process was paused, or cut
+                # off), and a reaper passed the outcome on: it goes to the task
+                # only once the lease is confirmed, from what Redis holds then.
+                self._unconfirmed = True
+                self._lease_check.notify()
+                return
+            # Refused if the task is leaving (a cancellation reached it first):
+            # its release, queued as soon as it runs, passes the outcome on.
+            if self._local.wake(registration, outcome):
+                self._delivered[registration] = self._waiting.pop(registration)
         elif (
             registration not in self._delivered
             and registration not in self._pending
@@ -815,34 +857,41 @@ class RedisWaitMap(Generic[V]):
             "release", encoded_key, registration, "ack" if ack else "", owned=True
         )
 
-    async def _take_lease(self) -> None:
-        ms = math.ceil(self._lease * 1000)
-        await self._command(
-            self._live_client().set(self._layout.alive(self._owner), b"1", px=ms)
+    async def _take_lease(self, *, only_if_held: bool = False) -> bool:
+        """Set (or only refresh) the lease; whether it was set."""
+        sent = anyio.current_time()
+        done = await self._command(
+            self._live_client().set(
+                self._layout.alive(self._owner),
+                b"1",
+                px=math.ceil(self._lease * 1000),
+                condition=coredis.PureToken.XX if only_if_held else None,
+            )
         )
+        if done:
+            # Redis counts the lease from when it set it, later than this.
+            self._lease_until = sent + self._lease * _LEASE_TRUSTED
+        return bool(done)
 
     async def _keep_lease(self) -> None:
         """Refresh the lease; if it ran out meanwhile (cut off for longer than
         the lease, or Redis restarted without its data), take it again and
-        register again what the others may have reclaimed."""
-        client = self._live_client()
-        layout = self._layout
-        ms = math.ceil(self._lease * 1000)
+        register again what the others may have reclaimed. Sooner when a
+        hand-over waits for the lease to be confirmed."""
         while True:
-            await anyio.sleep(self._lease / 3)
-            try:
-                refreshed = await self._command(
-                    client.set(
-                        layout.alive(self._owner),
-                        b"1",
-                        px=ms,
-                        condition=coredis.PureToken.XX,
-                    )
+            with anyio.move_on_after(self._lease / 3):
+                await self._lease_check.wait_until(
+                    lambda: True if self._unconfirmed else None
                 )
-                if not refreshed:
+            try:
+                if not await self._take_lease(only_if_held=True):
                     await self._recover_lease()
+                elif self._unconfirmed:
+                    # Held all along: what the registrations hold is theirs.
+                    self._unconfirmed = False
+                    await self._read_back()
             except RedisUnavailable:
-                continue
+                await anyio.sleep(_FIRST_DELAY)
 
     async def _recover_lease(self) -> None:
         # Reapers and this instance exclude each other with the reaping lock.
@@ -852,7 +901,10 @@ class RedisWaitMap(Generic[V]):
             await self._take_lease()
             client = self._live_client()
             await self._command(client.sadd(self._layout.owners(), [self._owner]))
-            # Registrations a reaper removed come back, last in their queues.
+            # Registrations a reaper removed come back, last in their queues;
+            # those still there return what they hold (the lock keeps the
+            # reapers off meanwhile).
+            self._unconfirmed = False
             waiting = list(self._waiting.items())
             for start in range(0, len(waiting), _BATCH):
                 await self._concurrently(

@@ -12,7 +12,7 @@ import coredis.exceptions
 import pytest
 from anyio import create_task_group
 from redis_servers import RedisServer
-from test_map import NAME, eventually, leftovers, opened, settle
+from test_map import NAME, eventually, leftovers, opened, queued, settle
 
 from anyio_waitmap import Woke
 from anyio_waitmap.redis import RedisUnavailable, RedisWaitMap
@@ -213,3 +213,36 @@ def test_groups_of_one_error_unwrapped() -> None:
     )
     two = BaseExceptionGroup("", [BaseExceptionGroup("", [error, ValueError()])])
     assert _unwrapped(two) is two
+
+
+class TestCancelledAsTheValueArrives:
+    async def test_value_for_a_task_already_leaving_goes_on(
+        self, redis_server: RedisServer
+    ) -> None:
+        """Redis handed a value to a taker, and the taker's cancellation reached
+        it before the value reached its process: the task raises, and the
+        value goes on (here into the store), as a cancellation that comes
+        first does in one process."""
+        names = Layout(NAME).key("sk")
+        async with opened(redis_server) as wm:
+            got: list[object] = []
+            scope = anyio.CancelScope()
+
+            async def taker() -> None:
+                with scope:
+                    got.append(await wm.take("k"))
+
+            async with create_task_group() as tg:
+                tg.start_soon(taker)
+                await eventually(lambda: queued(redis_server) == 1)
+                registration = redis_server.cli("ZRANGE", names.t, "0", "0").strip()
+                # What the hand-over script does, without its doorbell...
+                redis_server.cli("ZREM", names.t, registration)
+                redis_server.cli("HSET", names.d, registration, "vbv")
+                # ...which rings just after the cancellation reached the task.
+                scope.cancel()
+                wm._hand_over(registration, b"vbv", b"sk")  # pyright: ignore[reportPrivateUsage]
+            assert got == []
+            await settle(wm)
+            assert await wm.get("k") == b"v"
+            assert leftovers(redis_server) == []

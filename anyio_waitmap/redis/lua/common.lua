@@ -1,3 +1,4 @@
+#!lua
 -- Shared by every script below (prepended to each when it is loaded).
 --
 -- The keys of one map key, all in one hash slot: V the stored value (a string),
