@@ -1,8 +1,19 @@
+"""Fixtures shared by the tests of every folder.
+
+The helpers that test modules import are in ``support/``: this file's folder is
+on ``sys.path`` (pytest's default "prepend" import mode), so they are
+``support.checkpoints``, ``support.workers`` and so on from every folder.
+"""
+
 from __future__ import annotations
 
 import sys
 
 import pytest
+
+# The helpers check things with plain asserts: have pytest rewrite them, as it
+# does the test modules, so that a failure there shows the values compared.
+pytest.register_assert_rewrite("support")
 
 BACKENDS = [
     pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),

@@ -577,7 +577,7 @@ async def test_waiter_woken_before_it_parks_in_a_cancelled_scope() -> None:
 async def test_waiter_woken_before_it_parks_still_yields() -> None:
     """A lowlevel.Waiter that its own task woke before parking: ``park()``
     returns the value, and is still a checkpoint that lets others run."""
-    from checkpoints import assert_yields
+    from support.checkpoints import assert_yields
 
     async def park_woken() -> int:
         waiter: Waiter[int] = Waiter()

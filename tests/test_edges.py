@@ -22,8 +22,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from checkpoints import assert_yields
-from workers import JOIN_TIMEOUT, Worker
+from support.checkpoints import assert_yields
+from support.workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import (
     KeyCancelled,

@@ -22,8 +22,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio import create_task_group, wait_all_tasks_blocked
-from checkpoints import assert_checkpoint, assert_yields
-from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.checkpoints import assert_checkpoint, assert_yields
+from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import (
     DuplicateWaiter,

@@ -39,7 +39,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 from anyio import create_task_group, wait_all_tasks_blocked
-from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 import anyio_waitmap._backends._trio as trio_backend
 import anyio_waitmap._registry as registry_module

@@ -14,8 +14,8 @@ from typing import Any, Final, TypeVar
 
 import pytest
 import trio
-from loops import LOOP_FACTORIES
 from outcome import Outcome
+from support.loops import LOOP_FACTORIES
 
 from anyio_waitmap import NoMatch, WaitMap, WakeSink, Woke
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import NoMatch, WaitMap, Woke
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio import CancelScope, create_task_group, wait_all_tasks_blocked
-from workers import run_in_thread_now
+from support.workers import run_in_thread_now
 
 from anyio_waitmap import WaitMap, WakeSink, Woke
 from anyio_waitmap.lowlevel import Waiter

@@ -33,7 +33,7 @@ import anyio.lowlevel
 import pytest
 import trio
 import trio.testing
-from workers import Worker
+from support.workers import Worker
 
 import anyio_waitmap
 from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, WakeSink, Woke

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio import CancelScope, create_task_group, wait_all_tasks_blocked
-from checkpoints import assert_cancellable, assert_yields
+from support.checkpoints import assert_cancellable, assert_yields
 
 from anyio_waitmap import WakeSink, WakeSinkStatistics, WakeSource
 from anyio_waitmap.lowlevel import AtomicWaker, DiatomicWaker, Waker

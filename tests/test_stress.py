@@ -23,7 +23,7 @@ the waits with no timeout, and every task leaves by itself. In the ``close``
 form, a producer closes the map while the others keep going.
 
 What is checked (each wait of the test is bounded by ``JOIN_TIMEOUT`` from
-``tests/workers.py``, so a lost wake-up fails, never hangs):
+``tests/support/workers.py``, so a lost wake-up fails, never hangs):
 
 * every value is accounted for exactly once: a stored value was consumed by one
   ``take``, ``pop`` or ``popitem``, or is still stored; a woken one was returned
@@ -79,7 +79,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import trio
-from workers import JOIN_TIMEOUT, Worker
+from support.workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import (
     Closed,

@@ -30,8 +30,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 import trio
-from loops import LOOP_FACTORIES
-from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.loops import LOOP_FACTORIES
+from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import (
     Closed,

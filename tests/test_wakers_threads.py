@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 import pytest
-from workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import WakeSink
 from anyio_waitmap._backends._asyncio import AsyncioBinding
