@@ -15,6 +15,8 @@ import pytest
 # does the test modules, so that a failure there shows the values compared.
 pytest.register_assert_rewrite("support")
 
+from support.loops import RUNNERS, Runner  # noqa: E402 (once the rewrite is set up)
+
 BACKENDS = [
     pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
     pytest.param(
@@ -30,4 +32,11 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=RUNNERS)
+def run_asyncio(request: pytest.FixtureRequest) -> Runner:
+    """``asyncio.run`` or ``uvloop.run``, for the tests that run a coroutine under
+    the native runners, with nothing of anyio around its tasks."""
     return request.param  # type: ignore[no-any-return]

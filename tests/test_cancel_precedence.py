@@ -21,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio import create_task_group, wait_all_tasks_blocked
+from support.loops import Runner
 
 from anyio_waitmap import (
     DuplicateWaiter,
@@ -45,23 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 import mpsc_channel
 import oneshot
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
-    uvloop = None  # type: ignore[assignment]
-
-RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]
-if uvloop is not None:
-    RUNNERS.append(pytest.param(uvloop.run, id="uvloop.run"))
-
-Runner = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=RUNNERS)
-def run_asyncio(request: pytest.FixtureRequest) -> Runner:
-    return request.param  # type: ignore[no-any-return]
-
 
 # -- the ready calls -------------------------------------------------------------
 

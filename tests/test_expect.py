@@ -15,7 +15,6 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -23,6 +22,7 @@ import anyio.lowlevel
 import pytest
 from anyio import create_task_group, wait_all_tasks_blocked
 from support.checkpoints import assert_checkpoint, assert_yields
+from support.loops import Runner
 from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import (
@@ -490,23 +490,6 @@ async def test_expect_then_send_receives_the_reply() -> None:
 
 
 # -- native asyncio cancellation ----------------------------------------------------
-
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
-    uvloop = None  # type: ignore[assignment]
-
-RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]
-if uvloop is not None:
-    RUNNERS.append(pytest.param(uvloop.run, id="uvloop.run"))
-
-Runner = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=RUNNERS)
-def run_asyncio(request: pytest.FixtureRequest) -> Runner:
-    return request.param  # type: ignore[no-any-return]
 
 
 def test_pending_task_cancel_at_the_await_passes_the_value_on(

@@ -21,25 +21,10 @@ from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
-    uvloop = None  # type: ignore[assignment]
-
-RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]
-if uvloop is not None:
-    RUNNERS.append(pytest.param(uvloop.run, id="uvloop.run"))
 
 needs_uncancel = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="Task.uncancel() and asyncio.timeout are 3.11+"
 )
-
-
-@pytest.fixture(params=RUNNERS)
-def run_asyncio(
-    request: pytest.FixtureRequest,
-) -> Callable[[Coroutine[Any, Any, None]], None]:
-    return request.param  # type: ignore[no-any-return]
 
 
 def test_asyncio_run(run_asyncio: Callable[[Coroutine[Any, Any, None]], None]) -> None:

@@ -10,28 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
+from support.loops import Runner
 
 from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, WakeSink, Woke
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
-    uvloop = None  # type: ignore[assignment]
-
-RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]
-if uvloop is not None:
-    RUNNERS.append(pytest.param(uvloop.run, id="uvloop.run"))
-
-Runner = Callable[[Coroutine[Any, Any, None]], None]
-
-
-@pytest.fixture(params=RUNNERS)
-def run_asyncio(request: pytest.FixtureRequest) -> Runner:
-    return request.param  # type: ignore[no-any-return]
 
 
 def cancelling() -> int | None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is part of the test extras
+    uvloop = None  # type: ignore[assignment]
 
 
 def new_asyncio_loop() -> asyncio.AbstractEventLoop:
@@ -28,3 +35,11 @@ LOOP_FACTORIES = [
         ),
     ),
 ]
+
+#: The native runners, one test each: the ``run_asyncio`` fixture of conftest.py.
+RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]
+if uvloop is not None:
+    RUNNERS.append(pytest.param(uvloop.run, id="uvloop.run"))
+
+#: What ``run_asyncio`` is: ``asyncio.run`` or ``uvloop.run``.
+Runner = Callable[[Coroutine[Any, Any, None]], None]
