@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "rpc_mux.py"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "rpc_mux.py"
 
 
 @pytest.mark.timeout(90)

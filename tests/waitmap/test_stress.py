@@ -46,10 +46,10 @@ Two forms:
 
 * by default (the normal test run), each producer makes a fixed number of
   operations, bounded by a couple of seconds: the module takes a few seconds;
-* ``WAITMAP_STRESS_SECONDS=120 pytest tests/test_stress.py`` runs the long form:
-  the producers keep going until that many seconds have passed in all (split
-  evenly between the module's tests), then everything stops by itself; the
-  per-test timeout grows accordingly.
+* ``WAITMAP_STRESS_SECONDS=120 pytest tests/waitmap/test_stress.py`` runs the
+  long form: the producers keep going until that many seconds have passed in all
+  (split evenly between the module's tests), then everything stops by itself;
+  the per-test timeout grows accordingly.
 
 The randomness (which operation, key, kind of wait, cancellation, jitter) comes
 from one seed, printed at the start of each test (pytest shows it when the test
