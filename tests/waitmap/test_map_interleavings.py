@@ -1,4 +1,4 @@
-"""Every ordering of a few WaitMap and WakeSink events, checked against a model.
+"""Every ordering of a few WaitMap events, checked against a model.
 
 One driver task performs a short sequence of events in one event loop: it starts
 tasks that ``wait``, ``take`` or ``wait_for`` a key (each in a cancel scope of its
@@ -17,12 +17,6 @@ plain Python predicts, and invariants that do not rely on the model must hold: n
 value is lost or delivered twice, ``Woke(n)`` counts exactly the tasks that
 returned the value, nothing is left behind, every ending is explained by an event.
 
-The WakeSink tests do the same with consumers in ``wait_until(pop)`` (``pop``
-takes the oldest queued item), items queued with or without a notification,
-``close()`` and scope cancellations: every item is returned once or stays
-queued, and a parked consumer never missed a notification that came after an
-item was queued, nor registered while one was there.
-
 Where the contract leaves the backends a choice, the model follows each one:
 
 * Cancelling the scope of a parked task ends its wait at once on trio (the abort
@@ -39,22 +33,54 @@ Where the contract leaves the backends a choice, the model follows each one:
 * Which of several newly started tasks runs first is the scheduler's choice
   (trio's is random). Each task logs when it first runs and when its call ends,
   and the model replays the log.
+
+The events, the runner and the comparison are in support/explorer.py, shared
+with the same tests of WakeSink (tests/sink/test_sink_interleavings.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Final, Literal, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Final
 
 import anyio
 import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.explorer import (
+    CANCELLED,
+    MAX_EXAMPLES,
+    RUN_TIMEOUT,
+    CancelAll,
+    CancelKey,
+    Close,
+    Ending,
+    EventSet,
+    Kind,
+    Log,
+    MapEvent,
+    Outcome,
+    Raised,
+    Returned,
+    Runner,
+    ScopeCancel,
+    Settle,
+    Start,
+    Store,
+    Timeout,
+    Wake,
+    check_log,
+    compare,
+    describe,
+    finish,
+    is_cancelled,
+    label,
+    orderings,
+    with_ending,
+)
 from trio.lowlevel import in_trio_task
 
 from anyio_waitmap import (
@@ -64,395 +90,14 @@ from anyio_waitmap import (
     WaitMap,
     WaitMapClosed,
     WakeOutcome,
-    WakeSink,
     Woke,
 )
 
 pytestmark = pytest.mark.anyio
 
-#: A bound on one run; a run takes a few milliseconds.
-RUN_TIMEOUT: Final = 10.0
-#: How many consecutive quiet rounds make an asyncio settle (see settle()).
-QUIET_ROUNDS: Final = 3
-SETTLE_ROUNDS: Final = 1000
-#: Examples per hypothesis test and backend (derandomized: the same every time).
-MAX_EXAMPLES: Final = 200
-
-T = TypeVar("T")
-
 
 def is_even(value: int) -> bool:
     return value % 2 == 0
-
-
-# -- events ----------------------------------------------------------------------
-
-Kind: TypeAlias = Literal["wait", "take", "wait_for"]
-
-
-@dataclass(frozen=True)
-class Start:
-    """Start a task that waits on ``key`` (``wait_for`` with :func:`is_even`)."""
-
-    task: str
-    kind: Kind
-    key: str = "k"
-
-    def __str__(self) -> str:
-        extra = ", is_even" if self.kind == "wait_for" else ""
-        return f"{self.task} = {self.kind}({self.key!r}{extra})"
-
-
-@dataclass(frozen=True)
-class Wake:
-    key: str
-    value: int
-
-    def __str__(self) -> str:
-        return f"wake({self.key!r}, {self.value})"
-
-
-@dataclass(frozen=True)
-class Store:
-    key: str
-    value: int
-
-    def __str__(self) -> str:
-        return f"wm[{self.key!r}] = {self.value}"
-
-
-@dataclass(frozen=True)
-class CancelKey:
-    key: str
-
-    def __str__(self) -> str:
-        return f"cancel({self.key!r})"
-
-
-@dataclass(frozen=True)
-class CancelAll:
-    def __str__(self) -> str:
-        return "cancel_all()"
-
-
-@dataclass(frozen=True)
-class Close:
-    def __str__(self) -> str:
-        return "close()"
-
-
-@dataclass(frozen=True)
-class ScopeCancel:
-    """``scope.cancel()`` for the scope of one task (started or not yet)."""
-
-    task: str
-
-    def __str__(self) -> str:
-        return f"cancel {self.task}'s scope"
-
-
-@dataclass(frozen=True)
-class Timeout:
-    """Move the deadline of one task's scope into the past."""
-
-    task: str
-
-    def __str__(self) -> str:
-        return f"{self.task}'s deadline passes"
-
-
-@dataclass(frozen=True)
-class Settle:
-    def __str__(self) -> str:
-        return "settle"
-
-
-@dataclass(frozen=True)
-class Consume:
-    """Start a task in ``sink.wait_until(pop)``: it takes the oldest queued item."""
-
-    task: str
-
-    def __str__(self) -> str:
-        return f"{self.task} = wait_until(pop)"
-
-
-@dataclass(frozen=True)
-class Produce:
-    """Queue an item without notifying: the state changes, nobody is told."""
-
-    value: int
-
-    def __str__(self) -> str:
-        return f"queue {self.value}"
-
-
-@dataclass(frozen=True)
-class Notify:
-    def __str__(self) -> str:
-        return "notify()"
-
-
-@dataclass(frozen=True)
-class Send:
-    """Queue an item, then notify: what a producer does."""
-
-    value: int
-
-    def __str__(self) -> str:
-        return f"queue {self.value}; notify()"
-
-
-@dataclass(frozen=True)
-class CloseSink:
-    def __str__(self) -> str:
-        return "close()"
-
-
-MapEvent: TypeAlias = (
-    Start
-    | Wake
-    | Store
-    | CancelKey
-    | CancelAll
-    | Close
-    | ScopeCancel
-    | Timeout
-    | Settle
-)
-SinkEvent: TypeAlias = (
-    Consume | Produce | Notify | Send | CloseSink | ScopeCancel | Settle
-)
-#: What each task logs: ("start", task) when it first runs, ("end", task) when its
-#: call returned or raised. One list per settle.
-Log: TypeAlias = list[tuple[str, str]]
-
-
-def describe(steps: Sequence[object]) -> str:
-    return "; ".join(str(step) for step in steps)
-
-
-def with_ending(steps: Sequence[T], *tail: T) -> tuple[T, ...]:
-    """The steps of a run: the events, then a settle, the cleanup, a settle."""
-    return (*steps, *tail)
-
-
-def orderings(events: Sequence[T], settle: T) -> Iterator[tuple[T, ...]]:
-    """Every permutation of ``events``, with or without a settle in each gap."""
-    for permutation in itertools.permutations(events):
-        for gaps in itertools.product((False, True), repeat=len(permutation) - 1):
-            steps = [permutation[0]]
-            for event, gap in zip(permutation[1:], gaps, strict=True):
-                if gap:
-                    steps.append(settle)
-                steps.append(event)
-            yield tuple(steps)
-
-
-# -- what tasks return -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Returned:
-    value: int
-    #: Whether the checkpoint right after the call raised a cancellation.
-    then_cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Raised:
-    error: str
-    then_cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """The call itself raised the cancellation: nothing was handed over."""
-
-
-Outcome: TypeAlias = Returned | Raised | Cancelled
-CANCELLED: Final = Cancelled()
-
-
-@dataclass(frozen=True)
-class Ending:
-    outcome: Outcome
-    #: The settle during which the call ended (1 for the first settle of the run).
-    settle: int
-
-
-def error_name(exc: BaseException) -> str:
-    if isinstance(exc, KeyCancelled):
-        return f"KeyCancelled({exc.key!r})"
-    return type(exc).__name__
-
-
-def finish(outcome: Outcome, cancelled: bool) -> Outcome:
-    """The outcome of a call that ended, given whether the scope is cancelled."""
-    if isinstance(outcome, Cancelled):
-        return outcome
-    return replace(outcome, then_cancelled=cancelled)
-
-
-def is_cancelled(outcome: Outcome) -> bool:
-    """Whether the task saw its cancellation (in the call or right after)."""
-    return isinstance(outcome, Cancelled) or outcome.then_cancelled
-
-
-def label(result: object) -> str:
-    """A coarse name for what happened, to check what the exploration reached."""
-    if isinstance(result, Ending):
-        outcome = result.outcome
-        if isinstance(outcome, Cancelled):
-            return "cancelled"
-        then = ", then cancelled" if outcome.then_cancelled else ""
-        if isinstance(outcome, Returned):
-            return f"returned{then}"
-        return f"raised {outcome.error.partition('(')[0]}{then}"
-    return type(result).__name__
-
-
-# -- running tasks ---------------------------------------------------------------
-
-
-async def settle() -> None:
-    """Let every task run until each one is blocked.
-
-    On trio, :func:`anyio.wait_all_tasks_blocked`. On asyncio that function
-    sleeps for 0.1 s whenever a task is still runnable, far too slow for
-    thousands of runs, so the same check is made after every loop iteration. A
-    few quiet iterations in a row are required, so that a callback already queued
-    (anyio delivers a cancellation through ``call_soon``) has run too.
-    """
-    if in_trio_task():
-        await anyio.wait_all_tasks_blocked()
-        return
-    this_task = asyncio.current_task()
-    quiet = 0
-    for _ in range(SETTLE_ROUNDS):
-        await anyio.lowlevel.checkpoint()
-        blocked = True
-        for task in asyncio.all_tasks():
-            waiter = getattr(task, "_fut_waiter", None)
-            if task is not this_task and (waiter is None or waiter.done()):
-                blocked = False
-                break
-        quiet = quiet + 1 if blocked else 0
-        if quiet == QUIET_ROUNDS:
-            return
-    raise AssertionError("the tasks did not settle")
-
-
-@dataclass
-class TaskRecord:
-    ending: Ending | None = None
-    cancelled_caught: bool = False
-
-
-@dataclass
-class Runner:
-    """Runs the tasks of one run, each in its own cancel scope, and logs them."""
-
-    scopes: dict[str, anyio.CancelScope]
-    records: dict[str, TaskRecord] = field(default_factory=dict)
-    log: Log = field(default_factory=list)
-    logs: list[Log] = field(default_factory=list)
-    settles: int = 0
-
-    @classmethod
-    def for_tasks(cls, tasks: Sequence[str]) -> Runner:
-        runner = cls({task: anyio.CancelScope() for task in tasks})
-        runner.records = {task: TaskRecord() for task in tasks}
-        return runner
-
-    async def run(self, task: str, call: Callable[[], Awaitable[int]]) -> None:
-        """Record exactly what ``call()`` returns or raises, and whether the
-        checkpoint after it raises the cancellation."""
-        record = self.records[task]
-        cancelled = anyio.get_cancelled_exc_class()
-        outcome: Outcome
-        with self.scopes[task] as scope:
-            self.log.append(("start", task))
-            try:
-                value = await call()
-            except cancelled:
-                self.log.append(("end", task))
-                record.ending = Ending(CANCELLED, self.settles)
-                raise
-            except Exception as exc:
-                outcome = Raised(error_name(exc))
-            else:
-                outcome = Returned(value)
-            self.log.append(("end", task))
-            record.ending = Ending(finish(outcome, True), self.settles)
-            await anyio.lowlevel.checkpoint()
-            record.ending = Ending(outcome, self.settles)
-        record.cancelled_caught = scope.cancelled_caught
-
-    def cancel(self, task: str) -> None:
-        self.scopes[task].cancel()
-
-    def stop(self) -> None:
-        """Cancel every task, so that one left waiting by a bug cannot hang the
-        run; it then ends cancelled, and the comparison with the model fails."""
-        for scope in self.scopes.values():
-            scope.cancel()
-
-    def expire(self, task: str) -> None:
-        self.scopes[task].deadline = anyio.current_time() - 1
-
-    async def settle(self) -> None:
-        self.settles += 1
-        start = len(self.log)
-        await settle()
-        self.logs.append(self.log[start:])
-
-    def endings(self) -> dict[str, Ending]:
-        endings: dict[str, Ending] = {}
-        for task, record in self.records.items():
-            assert record.ending is not None, f"{task} never ended"
-            endings[task] = record.ending
-            assert record.cancelled_caught == is_cancelled(record.ending.outcome), (
-                f"{task}: the scope caught a cancellation: {record.cancelled_caught}, "
-                f"but the task ended with {record.ending.outcome}"
-            )
-        return endings
-
-
-def check_log(steps: Sequence[object], logs: Sequence[Log]) -> None:
-    """On asyncio, new tasks first run in the order they were started."""
-    if in_trio_task():
-        return
-    started = [
-        task for what, task in itertools.chain.from_iterable(logs) if what == "start"
-    ]
-    in_order = [step.task for step in steps if isinstance(step, Start | Consume)]
-    assert started == in_order, f"tasks first ran in the order {started}"
-
-
-def compare(
-    steps: Sequence[object],
-    actual: Sequence[object],
-    expected: Sequence[object],
-    actual_endings: dict[str, Ending],
-    expected_endings: dict[str, Ending],
-    logs: Sequence[Log],
-) -> None:
-    if list(actual) == list(expected) and actual_endings == expected_endings:
-        return
-    lines = [f"the run differs from the model: {describe(steps)}"]
-    for step, got, want in zip(steps, actual, expected, strict=True):
-        if got == want:
-            lines.append(f"  {step}: {got!r}")
-        else:
-            lines.append(f"! {step}: {got!r}, the model says {want!r}")
-    for task in sorted(set(actual_endings) | set(expected_endings)):
-        got_ending = actual_endings.get(task)
-        want_ending = expected_endings.get(task)
-        mark = "  " if got_ending == want_ending else "! "
-        lines.append(f"{mark}{task} ended: {got_ending} (model: {want_ending})")
-    lines.append(f"task log per settle: {list(logs)}")
-    raise AssertionError("\n".join(lines))
 
 
 # -- WaitMap: the model ----------------------------------------------------------
@@ -891,14 +536,6 @@ async def test_an_exception_handed_over_before_a_cancellation_is_raised(
 # -- WaitMap: the explorations ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EventSet:
-    events: tuple[object, ...]
-    #: What the exploration of every ordering must have reached at least once.
-    reaches: frozenset[str]
-    exclusive: bool = False
-
-
 MAP_EVENT_SETS: Final[dict[str, EventSet]] = {
     "two takers, a store, the first one's scope cancelled": EventSet(
         (Start("A", "take"), Start("B", "take"), Store("k", 1), ScopeCancel("A")),
@@ -1065,374 +702,3 @@ async def test_random_waitmap_sequences(
     events: tuple[MapEvent, ...], exclusive: bool
 ) -> None:
     await explore_map(events, exclusive=exclusive)
-
-
-# -- WakeSink: the model ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SinkSnapshot:
-    consumer_waiting: bool
-    registered: bool
-    queued: tuple[int, ...]
-    closed: bool
-
-
-@dataclass(eq=False)
-class ModelConsumer:
-    #: unstarted -> new -> parked <-> woken -> handed -> done; or new -> handed.
-    phase: str = "unstarted"
-    cancelled: bool = False
-    abort_pending: bool = False
-    holds_lock: bool = False
-    handed: Outcome | None = None
-
-
-class SinkModel:
-    """What a WakeSink, its queue and its consumers do, in plain Python."""
-
-    def __init__(self, *, trio: bool) -> None:
-        self.trio = trio
-        self.queue: deque[int] = deque()
-        self.closed = False
-        self.consumers: dict[str, ModelConsumer] = {}
-        self.endings: dict[str, Ending] = {}
-        self.settles = 0
-
-    def replay(self, steps: Sequence[SinkEvent], logs: Sequence[Log]) -> list[object]:
-        for step in steps:
-            if isinstance(step, Consume):
-                self.consumers[step.task] = ModelConsumer()
-        remaining = iter(logs)
-        return [self.step(step, remaining) for step in steps]
-
-    def step(self, step: SinkEvent, logs: Iterator[Log]) -> object:
-        if isinstance(step, Consume):
-            self.consumers[step.task].phase = "new"
-        elif isinstance(step, Produce):
-            self.queue.append(step.value)
-        elif isinstance(step, Notify):
-            self.notify()
-        elif isinstance(step, Send):
-            self.queue.append(step.value)
-            self.notify()
-        elif isinstance(step, CloseSink):
-            self.closed = True
-            self.notify()
-        elif isinstance(step, ScopeCancel):
-            consumer = self.consumers[step.task]
-            consumer.cancelled = True
-            if consumer.phase == "parked":
-                if self.trio:
-                    self.hand(consumer, CANCELLED)
-                else:
-                    consumer.abort_pending = True
-        else:
-            return self.settle(next(logs))
-        return None
-
-    def notify(self) -> None:
-        for consumer in self.consumers.values():
-            if consumer.phase == "parked" and not consumer.abort_pending:
-                consumer.phase = "woken"
-
-    def hand(self, consumer: ModelConsumer, outcome: Outcome) -> None:
-        consumer.phase = "handed"
-        consumer.handed = outcome
-
-    def check(self, consumer: ModelConsumer) -> None:
-        """The consumer checks its predicate after a wake-up (or to register)."""
-        if self.closed:
-            self.hand(consumer, Raised("ClosedResourceError"))
-        elif self.queue:
-            self.hand(consumer, Returned(self.queue.popleft()))
-        elif consumer.cancelled:
-            self.hand(consumer, CANCELLED)  # it parks again, and is cancelled
-        else:
-            consumer.phase = "parked"
-
-    def first_run(self, consumer: ModelConsumer) -> None:
-        # A pending cancellation comes before every error, and before the
-        # predicate: nothing is taken from the queue.
-        if any(other.holds_lock for other in self.consumers.values()):
-            busy = Raised("BusyResourceError")
-            self.hand(consumer, CANCELLED if consumer.cancelled else busy)
-            return
-        consumer.holds_lock = True
-        if consumer.cancelled:
-            self.hand(consumer, CANCELLED)
-        elif self.closed:
-            self.hand(consumer, Raised("ClosedResourceError"))
-        else:
-            self.check(consumer)
-
-    def settle(self, log: Log) -> SinkSnapshot:
-        self.settles += 1
-        # Only the consumer that holds the sink can be woken or parked, and a new
-        # consumer gets it only once that one has left: its resumption comes first.
-        for consumer in self.consumers.values():
-            if consumer.phase == "woken":
-                self.check(consumer)
-            elif consumer.phase == "parked" and consumer.abort_pending:
-                self.hand(consumer, CANCELLED)
-        ended: set[str] = set()
-        for what, name in log:
-            consumer = self.consumers[name]
-            if what == "start":
-                assert consumer.phase == "new", f"{name} first ran as {consumer.phase}"
-                self.first_run(consumer)
-            else:
-                assert consumer.phase == "handed", f"{name} ended as {consumer.phase}"
-                consumer.holds_lock = False
-                ended.add(name)
-        for name, consumer in self.consumers.items():
-            assert consumer.phase != "new", f"{name} did not run in this settle"
-            if consumer.phase != "handed":
-                continue
-            assert name in ended, f"{name} should have ended in this settle"
-            assert consumer.handed is not None
-            self.endings[name] = Ending(
-                finish(consumer.handed, consumer.cancelled), self.settles
-            )
-            consumer.phase = "done"
-        parked = any(c.phase == "parked" for c in self.consumers.values())
-        return SinkSnapshot(
-            consumer_waiting=parked,
-            registered=parked,
-            queued=tuple(self.queue),
-            closed=self.closed,
-        )
-
-
-# -- WakeSink: a run -------------------------------------------------------------
-
-
-@dataclass
-class SinkRun:
-    results: list[object]
-    endings: dict[str, Ending]
-    logs: list[Log]
-
-
-async def run_sink(steps: Sequence[SinkEvent]) -> SinkRun:
-    sink = WakeSink()
-    source = sink.source()
-    queue: deque[int] = deque()
-    runner = Runner.for_tasks(
-        [step.task for step in steps if isinstance(step, Consume)]
-    )
-
-    def pop() -> int | None:
-        return queue.popleft() if queue else None
-
-    def snapshot() -> SinkSnapshot:
-        return SinkSnapshot(
-            consumer_waiting=sink.statistics().consumer_waiting,
-            registered=sink._waker is not None,
-            queued=tuple(queue),
-            closed=sink.closed,
-        )
-
-    results: list[object] = []
-    with anyio.fail_after(RUN_TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            for step in steps:
-                result: object = None
-                if isinstance(step, Consume):
-                    tg.start_soon(runner.run, step.task, lambda: sink.wait_until(pop))
-                elif isinstance(step, Produce):
-                    queue.append(step.value)
-                elif isinstance(step, Notify):
-                    source.notify()
-                elif isinstance(step, Send):
-                    queue.append(step.value)
-                    sink.notify()
-                elif isinstance(step, CloseSink):
-                    sink.close()
-                elif isinstance(step, ScopeCancel):
-                    runner.cancel(step.task)
-                else:
-                    await runner.settle()
-                    result = snapshot()
-                results.append(result)
-            runner.stop()
-    return SinkRun(results, runner.endings(), runner.logs)
-
-
-def check_sink_invariants(steps: Sequence[SinkEvent], run: SinkRun) -> None:
-    produced = [step.value for step in steps if isinstance(step, Produce | Send)]
-    final = run.results[-1]
-    assert isinstance(final, SinkSnapshot)
-    returned = [
-        ending.outcome.value
-        for ending in run.endings.values()
-        if isinstance(ending.outcome, Returned)
-    ]
-    # Every item is returned once or still queued, never both, never lost.
-    assert sorted(returned + list(final.queued)) == sorted(produced)
-    # A parked consumer never misses a notification that came after an item it
-    # could take, and never registered while an item was there.
-    settle_at = [i for i, step in enumerate(steps) if isinstance(step, Settle)]
-    first_ran: dict[str, int] = {}
-    for number, (position, log) in enumerate(
-        zip(settle_at, run.logs, strict=True), start=1
-    ):
-        for what, name in log:
-            if what == "start":
-                first_ran[name] = position
-        snapshot = run.results[position]
-        assert isinstance(snapshot, SinkSnapshot)
-        assert snapshot.registered == snapshot.consumer_waiting
-        if not (snapshot.consumer_waiting and snapshot.queued):
-            continue
-        parked = [
-            name
-            for name, ending in run.endings.items()
-            if name in first_ran and ending.settle > number
-        ]
-        assert len(parked) == 1, f"parked consumers: {parked}"
-        oldest = next(
-            i
-            for i, step in enumerate(steps)
-            if isinstance(step, Produce | Send) and step.value == snapshot.queued[0]
-        )
-        assert oldest > first_ran[parked[0]], (
-            f"{parked[0]} registered while {snapshot.queued[0]} was queued"
-        )
-        assert not any(
-            isinstance(step, Notify | Send | CloseSink)
-            for step in steps[oldest:position]
-        ), f"{parked[0]} missed a notification for {snapshot.queued[0]}"
-    for name, ending in run.endings.items():
-        outcome = ending.outcome
-        end = settle_at[ending.settle - 1]
-        cancels = [
-            i
-            for i, step in enumerate(steps)
-            if isinstance(step, ScopeCancel) and step.task == name
-        ]
-        assert is_cancelled(outcome) == any(i < end for i in cancels), (
-            f"{name} ended {outcome}"
-        )
-        if isinstance(outcome, Raised) and outcome.error == "ClosedResourceError":
-            assert any(isinstance(step, CloseSink) for step in steps[:end])
-    assert not final.consumer_waiting
-    assert not final.registered
-
-
-async def explore_sink(
-    events: Sequence[SinkEvent], seen: set[str] | None = None
-) -> None:
-    steps = with_ending(events, Settle(), CloseSink(), Settle())
-    run = await run_sink(steps)
-    check_log(steps, run.logs)
-    model = SinkModel(trio=in_trio_task())
-    try:
-        expected = model.replay(steps, run.logs)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"the run cannot be replayed by the model: {exc}\n{describe(steps)}\n"
-            f"results: {run.results}\nendings: {run.endings}\nlog: {run.logs}"
-        ) from None
-    compare(steps, run.results, expected, run.endings, model.endings, run.logs)
-    try:
-        check_sink_invariants(steps, run)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nin the run: {describe(steps)}") from None
-    if seen is not None:
-        seen.update(label(ending) for ending in run.endings.values())
-
-
-SINK_EVENT_SETS: Final[dict[str, EventSet]] = {
-    "an item, a notify, the consumer's scope cancelled": EventSet(
-        (Consume("C"), Produce(1), Notify(), ScopeCancel("C")),
-        frozenset({"returned", "returned, then cancelled", "cancelled"}),
-    ),
-    "an item, a notify, close": EventSet(
-        (Consume("C"), Produce(1), Notify(), CloseSink()),
-        frozenset({"returned", "raised ClosedResourceError"}),
-    ),
-    "two items, one notify": EventSet(
-        (Consume("C"), Produce(1), Produce(2), Notify()),
-        frozenset({"returned", "raised ClosedResourceError"}),
-    ),
-    "a notify with nothing new, a send, close": EventSet(
-        (Consume("C"), Notify(), Send(1), CloseSink()),
-        frozenset({"returned", "raised ClosedResourceError"}),
-    ),
-    "a consumer cancelled, then another one, a send": EventSet(
-        (Consume("C1"), ScopeCancel("C1"), Consume("C2"), Send(1)),
-        frozenset({"returned", "cancelled", "raised BusyResourceError"}),
-    ),
-    "two consumers at once, a send, the first one's scope cancelled": EventSet(
-        (Consume("C1"), Consume("C2"), Send(1), ScopeCancel("C1")),
-        frozenset(
-            {
-                "returned",
-                "returned, then cancelled",
-                "cancelled",
-                "raised BusyResourceError",
-            }
-        ),
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(SINK_EVENT_SETS))
-async def test_every_ordering_of_sink_events(name: str) -> None:
-    event_set = SINK_EVENT_SETS[name]
-    seen: set[str] = set()
-    for steps in orderings(event_set.events, Settle()):
-        await explore_sink(steps, seen)  # type: ignore[arg-type]
-    missing = event_set.reaches - seen
-    assert not missing, f"no ordering reached {sorted(missing)}; seen: {sorted(seen)}"
-
-
-@st.composite
-def sink_sequences(draw: st.DrawFn) -> tuple[SinkEvent, ...]:
-    """5 to 10 sink events with up to 3 consumers; items are unique."""
-    events: list[SinkEvent] = []
-    consumers: list[str] = []
-    size = draw(st.integers(min_value=5, max_value=10))
-    choices = st.sampled_from(
-        ["consume"] * 3
-        + ["produce", "notify", "send", "send", "scope", "close"]
-        + ["settle"] * 3
-    )
-    references: list[tuple[int, int]] = []
-    while len(events) < size:
-        choice = draw(choices)
-        value = len(events) + 1
-        if choice == "consume" and len(consumers) < 3:
-            consumers.append(f"C{len(consumers)}")
-            events.append(Consume(consumers[-1]))
-        elif choice == "produce":
-            events.append(Produce(value))
-        elif choice == "notify":
-            events.append(Notify())
-        elif choice == "send":
-            events.append(Send(value))
-        elif choice == "close":
-            events.append(CloseSink())
-        elif choice == "scope":
-            index = draw(st.integers(min_value=0, max_value=2))
-            references.append((len(events), index))
-            events.append(Settle())
-        else:
-            events.append(Settle())
-    for position, index in references:
-        if consumers:
-            events[position] = ScopeCancel(consumers[index % len(consumers)])
-    return tuple(events)
-
-
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(events=sink_sequences())
-async def test_random_sink_sequences(events: tuple[SinkEvent, ...]) -> None:
-    await explore_sink(events)
