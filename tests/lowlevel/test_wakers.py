@@ -1,8 +1,7 @@
 """The lowlevel wakers on every backend (single loop): Waker, AtomicWaker and
 DiatomicWaker.
 
-The multi-threaded stress and coalescing tests are in
-tests/test_wakers_threads.py.
+The multi-threaded tests are in test_lowlevel_threads.py.
 """
 
 from __future__ import annotations

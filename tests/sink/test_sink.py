@@ -1,8 +1,7 @@
 """WakeSink and WakeSource on every backend (single loop).
 
-The multi-threaded stress and coalescing tests are in
-tests/test_wakers_threads.py; the wakers that a sink is made of are tested in
-tests/lowlevel/.
+The multi-threaded stress and coalescing tests are in test_sink_threads.py; the
+wakers that a sink is made of are tested in tests/lowlevel/.
 """
 
 from __future__ import annotations

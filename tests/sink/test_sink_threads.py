@@ -1,16 +1,17 @@
-"""WakeSink and the lowlevel wakers driven from plain threads.
+"""WakeSink driven from plain threads.
 
 Bounded stress ports of the Rust ``diatomic-waker`` crate's scenarios (many
-producers, spurious notifications, a consumer that changes between waits), the
-AtomicWaker contract across threads, and the coalescing promised by
-:mod:`anyio_waitmap.lowlevel`: any number of wake-ups that arrive before the task
-runs cost one resumption, one check of the predicate and at most one call into
-the event loop.
+producers, spurious notifications, a consumer that changes between waits: a new
+task on the sink, or a new waker on a ``lowlevel.DiatomicWaker``), and the
+coalescing promised by :mod:`anyio_waitmap.lowlevel`: any number of
+notifications that arrive before the consumer runs cost one resumption, one
+check of the predicate and at most one call into the event loop.
 
 Every thread started here is a daemon joined with a timeout (and asserted to have
 finished); every wait that only a lost notification could make long runs under
 ``anyio.fail_after``, so such a bug fails as a timeout instead of hanging. No test
-asserts anything about timing.
+asserts anything about timing. The lowlevel wakers across threads are tested in
+tests/lowlevel/test_lowlevel_threads.py.
 """
 
 from __future__ import annotations
@@ -21,26 +22,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
 import pytest
+from support.wakers_threads import SEED, _state, _until
 from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap import WakeSink
-from anyio_waitmap._backends._asyncio import AsyncioBinding
-from anyio_waitmap._backends._trio import TrioBinding
-from anyio_waitmap.lowlevel import AtomicWaker, DiatomicWaker, Waker
+from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
 pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
-
-#: Hang guard for joins and waits that only a bug could make long.
-#: How long a park that must not return is given to (wrongly) return.
-SHORT = 0.05
-SEED = 20240611
 
 PRODUCERS = 4
 TOKENS_PER_PRODUCER = 2_000
@@ -51,8 +46,6 @@ RENDEZVOUS_EVERY = 500
 
 CHANGING_PRODUCERS = 4
 CHANGING_TOKENS_PER_PRODUCER = 600
-
-RACE_ROUNDS = 500
 NOTIFY_BURST = 1_000
 NOTIFIER_THREADS = 4
 COUNTER_ROUNDS = 300
@@ -70,13 +63,6 @@ def _notify_many(notify: Callable[[], None], times: int) -> None:
         notify()
 
 
-def _state(waker: Waker | None) -> str:
-    """The waker's state as its repr shows it: idle, parked, woken or notified."""
-    if waker is None:
-        return "unregistered"
-    return repr(waker).split()[1]
-
-
 def _sink_waker(sink: WakeSink) -> Waker | None:
     """The waker registered in the sink right now, if any."""
     return sink._waker
@@ -86,39 +72,12 @@ def _consumer_parked(sink: WakeSink) -> bool:
     return _state(_sink_waker(sink)) == "parked"
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Let other tasks run until ``condition`` holds; fail if it never does."""
-    with anyio.move_on_after(JOIN_TIMEOUT):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.0005)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def _wait_in_thread(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` from a plain thread; fail (not hang) if it never holds."""
     deadline = time.monotonic() + JOIN_TIMEOUT
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.0002)
-
-
-@pytest.fixture
-def unpark_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record, as thread idents, every call that a wake-up makes into a loop."""
-    calls: list[int] = []
-
-    def counting(original: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-        def unpark(self: Any, handle: Any) -> bool:
-            calls.append(threading.get_ident())
-            return original(self, handle)
-
-        return unpark
-
-    monkeypatch.setattr(AsyncioBinding, "unpark", counting(AsyncioBinding.unpark))
-    monkeypatch.setattr(TrioBinding, "unpark", counting(TrioBinding.unpark))
-    return calls
 
 
 @pytest.fixture
@@ -353,195 +312,7 @@ async def test_stress_changing_consumer_task_receives_every_token_once(
     assert sorted(received) == expected
 
 
-# -- 3. AtomicWaker across threads -----------------------------------------------
-
-
-@pytest.mark.parametrize("waker_side", ["thread", "task"])
-async def test_atomic_waker_register_then_wake_wakes_parked_task(
-    anyio_backend: object, waker_side: str
-) -> None:
-    """A waker registered and parked on is resumed by wake(), which reports that
-    a waker was registered, from another task or from a plain thread."""
-    slot = AtomicWaker()
-    waker = Waker()
-    slot.register(waker)
-    resumed = 0
-
-    async def sleeper() -> None:
-        nonlocal resumed
-        await waker.park()
-        resumed += 1
-
-    with anyio.fail_after(JOIN_TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sleeper)
-            await _until(lambda: _state(waker) == "parked", "the task to park")
-            if waker_side == "thread":
-                woke = await anyio.to_thread.run_sync(slot.wake)
-            else:
-                woke = slot.wake()
-            assert woke is True
-    assert resumed == 1
-    assert _state(waker) == "idle"
-    assert slot.take() is None, "wake() cleared the registration"
-    assert slot.wake() is False
-
-
-async def test_atomic_waker_wake_before_register_is_not_remembered(
-    anyio_backend: object,
-) -> None:
-    """wake() with nothing registered returns False and stores nothing: a waker
-    registered afterwards is not woken by it."""
-    slot = AtomicWaker()
-    assert run_in_thread_now(slot.wake) is False
-    assert slot.wake() is False
-    waker = Waker()
-    slot.register(waker)
-    assert "registered" in repr(slot)
-    assert _state(waker) == "idle"
-    with anyio.move_on_after(SHORT) as scope:
-        await waker.park()
-    assert scope.cancelled_caught, "an earlier wake() reached a later registration"
-    assert _state(waker) == "idle"
-    assert slot.take() is waker
-
-
-async def test_atomic_waker_last_register_wins(anyio_backend: object) -> None:
-    """With two wakers registered in turn, wake() (from a thread) resumes only the
-    last one; the first stays parked, untouched."""
-    slot = AtomicWaker()
-    first, second = Waker(), Waker()
-    done: list[str] = []
-
-    async def sleeper(name: str, waker: Waker) -> None:
-        await waker.park()
-        done.append(name)
-
-    with anyio.fail_after(JOIN_TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sleeper, "first", first)
-            tg.start_soon(sleeper, "second", second)
-            await _until(
-                lambda: _state(first) == _state(second) == "parked",
-                "both tasks to park",
-            )
-            slot.register(first)
-            slot.register(second)
-            assert run_in_thread_now(slot.wake) is True
-            await _until(lambda: done == ["second"], "the second task to resume")
-            await anyio.sleep(SHORT)
-            assert done == ["second"], "the first waker was woken too"
-            assert _state(first) == "parked"
-            assert _state(second) == "idle"
-            assert slot.wake() is False, "the first waker is not registered any more"
-            first.wake()  # let the first task finish
-    assert done == ["second", "first"]
-
-
-@pytest.mark.stress
-async def test_stress_atomic_waker_wake_racing_register_is_never_lost(
-    anyio_backend: object,
-) -> None:
-    """Each round, a thread sets a flag then calls wake() just as the task
-    registers a fresh waker, checks the flag and parks only if it is unset: the
-    task always resumes, since either the wake-up finds the new waker or the
-    check sees the flag."""
-    slot = AtomicWaker()
-    flags = [threading.Event() for _ in range(RACE_ROUNDS)]
-    go = [threading.Event() for _ in range(RACE_ROUNDS)]
-    # Set once the producer's wake() of a round has returned, so that it cannot
-    # take the waker of the next round (a legitimate but spurious wake-up).
-    done = [threading.Event() for _ in range(RACE_ROUNDS)]
-    stop = threading.Event()
-    rng = random.Random(SEED + 2)
-
-    def producer(seed: int) -> int:
-        thread_rng = random.Random(seed)
-        woke = 0
-        for round_ in range(RACE_ROUNDS):
-            while not go[round_].wait(0.05):
-                if stop.is_set():
-                    return woke
-            for _ in range(thread_rng.randrange(4)):
-                time.sleep(0)
-            flags[round_].set()
-            woke += slot.wake()
-            done[round_].set()
-        return woke
-
-    worker = Worker(functools.partial(producer, rng.randrange(2**32)), "producer")
-    worker.start()
-    parked = 0
-    try:
-        for round_ in range(RACE_ROUNDS):
-            # Blocks the loop for a moment: the producer never needs it.
-            assert round_ == 0 or done[round_ - 1].wait(JOIN_TIMEOUT)
-            waker = Waker()
-            go[round_].set()
-            for _ in range(rng.randrange(3)):
-                await anyio.lowlevel.checkpoint()
-            slot.register(waker)
-            if not flags[round_].is_set():
-                parked += 1
-                with anyio.fail_after(JOIN_TIMEOUT):
-                    await waker.park()
-                assert flags[round_].is_set(), "woken before the flag was set"
-    finally:
-        stop.set()
-        woke = await anyio.to_thread.run_sync(worker.finish)
-    assert 0 <= woke <= RACE_ROUNDS
-    assert woke >= parked, "a parked round resumed without a successful wake()"
-
-
-# -- 4. two wake-ups, from the loop and from a thread, resume the task once ---------
-
-
-@pytest.mark.parametrize("order", ["thread_then_loop", "loop_then_thread"])
-async def test_parked_task_woken_from_loop_and_thread_resumes_once(
-    anyio_backend: object, order: str, unpark_calls: list[int]
-) -> None:
-    """Two wake-ups before the parked task runs, one from a thread and one from
-    the loop's own thread, resume it exactly once, with one call into the loop,
-    and leave no pending wake-up behind: its next park() really parks."""
-    waker = Waker()
-    resumptions = 0
-
-    async def sleeper() -> None:
-        nonlocal resumptions
-        while True:
-            await waker.park()
-            resumptions += 1
-
-    with anyio.fail_after(JOIN_TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sleeper)
-            await _until(lambda: _state(waker) == "parked", "the task to park")
-            # No await from here on until both wake-ups are done: the task
-            # cannot run in between.
-            if order == "thread_then_loop":
-                run_in_thread_now(waker.wake)
-                assert _state(waker) == "woken"
-                waker.wake()
-            else:
-                waker.wake()
-                assert _state(waker) == "woken"
-                run_in_thread_now(waker.wake)
-            assert _state(waker) == "woken"
-            assert resumptions == 0
-            await _until(
-                lambda: resumptions >= 1 and _state(waker) == "parked",
-                "the task to resume and park again",
-            )
-            await anyio.sleep(SHORT)
-            assert resumptions == 1
-            assert _state(waker) == "parked", "a second wake-up was remembered"
-            tg.cancel_scope.cancel()
-    assert resumptions == 1
-    assert _state(waker) == "idle"
-    assert len(unpark_calls) == 1
-
-
-# -- 5. coalescing: a burst of notifications costs one check and one call ---------
+# -- 3. coalescing: a burst of notifications costs one check and one call ----------
 
 
 @pytest.mark.parametrize("notifiers", ["one_thread", "threads", "loop_thread"])
@@ -597,7 +368,7 @@ async def test_burst_of_notifications_coalesces(
     assert sink._waker is None
 
 
-# -- 6. concurrent notifiers never lose a request ----------------------------------
+# -- 4. concurrent notifiers never lose a request ----------------------------------
 
 
 @pytest.mark.stress
@@ -717,7 +488,7 @@ async def test_notification_while_another_notifier_is_in_progress_is_delivered(
     assert sink._waker is None
 
 
-# -- 7. a consumer that left is unregistered ---------------------------------------
+# -- 5. a consumer that left is unregistered ---------------------------------------
 
 
 @pytest.mark.parametrize("how", ["returned", "returned_at_once", "cancelled", "raised"])
