@@ -1,4 +1,4 @@
-"""A cancellation that is already pending wins, on the ready paths and the error paths.
+"""A native cancellation already pending wins, on the ready paths and the error paths.
 
 A checkpoint with a cancellation pending raises it before doing anything, as
 ``await asyncio.sleep(0)`` and ``await anyio.lowlevel.checkpoint()`` do. Every
@@ -11,8 +11,13 @@ item, a wake-up), nothing stays registered, and no error of ours
 On asyncio the cancellation may be a native one that the task requested itself
 (``Task.cancel()`` on the running task, by the task or by code it called
 synchronously): asyncio raises it where the task yields next, and anyio's check
-of cancel scopes does not see it. Those tests run under the native runners,
-``asyncio.run`` and ``uvloop.run``; the others run on every backend.
+of cancel scopes does not see it. These tests run under the native runners,
+``asyncio.run`` and ``uvloop.run``. Those of the ready paths and of the errors
+are parametrized over every async method of the package, not only the map's:
+``WakeSink.wait_until``, the lowlevel wakers and the channels of examples/ too.
+
+A cancelled scope, on every backend: test_map_cancel_precedence.py here, and
+the same modules in tests/sink/ and tests/lowlevel/.
 """
 
 from __future__ import annotations
@@ -24,25 +29,17 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio import create_task_group, wait_all_tasks_blocked
+from support.cancellation import _cancel_me, _closed_map
 from support.loops import Runner
 
-from anyio_waitmap import (
-    DuplicateWaiter,
-    NoMatch,
-    WaitMap,
-    WaitMapClosed,
-    WakeSink,
-    Woke,
-)
-from anyio_waitmap.lowlevel import DiatomicWaker, Waiter, Waker
+from anyio_waitmap import NoMatch, WaitMap, WakeSink
+from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
 import mpsc_channel
 import oneshot
@@ -150,12 +147,6 @@ READY_CALLS: dict[str, ReadyCall] = {
 
 
 # -- how a task cancels itself just before the call -------------------------------
-
-
-def _cancel_me() -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    task.cancel("requested before the call")
 
 
 @contextlib.contextmanager
@@ -360,117 +351,6 @@ def test_a_store_passes_over_a_leaving_taker_to_the_next(run_asyncio: Runner) ->
     run_asyncio(main())
 
 
-# -- errors never hide a cancellation, on every backend ----------------------------
-
-
-def _closed_map() -> WaitMap[str, int]:
-    wm: WaitMap[str, int] = WaitMap()
-    wm["k"] = 1  # a stored value does not make a closed map's waits succeed
-    wm.close()
-    return wm
-
-
-ERROR_CALLS: dict[str, tuple[type[BaseException], Callable[[], Any]]] = {
-    "wait on a closed map": (WaitMapClosed, lambda: _closed_map().wait("k")),
-    "take on a closed map": (WaitMapClosed, lambda: _closed_map().take("k")),
-    "wait_for on a closed map": (
-        WaitMapClosed,
-        lambda: _closed_map().wait_for("k", bool),
-    ),
-}
-
-
-async def _raises_cancellation(start: Callable[[], Awaitable[object]]) -> None:
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await start()
-    assert scope.cancelled_caught
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("name", ERROR_CALLS)
-async def test_cancelled_scope_wins_over_the_error(name: str) -> None:
-    error, start = ERROR_CALLS[name]
-    with pytest.raises(error):  # the error is there to be hidden
-        await start()
-    await _raises_cancellation(start)
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("method", ["wait", "take", "wait_for"])
-async def test_cancelled_scope_wins_over_duplicate_waiter(method: str) -> None:
-    wm: WaitMap[str, int] = WaitMap(exclusive=True)
-    calls = {
-        "wait": lambda: wm.wait("k"),
-        "take": lambda: wm.take("k"),
-        "wait_for": lambda: wm.wait_for("k", bool),
-    }
-    async with create_task_group() as tg:
-        tg.start_soon(wm.wait, "k")
-        await wait_all_tasks_blocked()
-        with pytest.raises(DuplicateWaiter):
-            await calls[method]()
-        await _raises_cancellation(calls[method])
-        assert wm.statistics().tasks_waiting == 1
-        assert wm.wake("k", 1) == Woke(1)
-
-
-@pytest.mark.anyio
-async def test_cancelled_scope_wins_over_a_closed_sink() -> None:
-    sink = WakeSink()
-    sink.close()
-    polled: list[None] = []
-
-    def predicate() -> int | None:
-        polled.append(None)
-        return 1
-
-    with pytest.raises(anyio.ClosedResourceError):
-        await sink.wait_until(predicate)
-    await _raises_cancellation(lambda: sink.wait_until(predicate))
-    assert polled == []
-
-
-@pytest.mark.anyio
-async def test_cancelled_scope_wins_over_a_busy_sink() -> None:
-    sink = WakeSink()
-    async with create_task_group() as tg:
-        tg.start_soon(sink.wait_until, lambda: None)
-        await wait_all_tasks_blocked()
-        with pytest.raises(anyio.BusyResourceError):
-            await sink.wait_until(lambda: 1)
-        await _raises_cancellation(lambda: sink.wait_until(lambda: 1))
-        assert sink.statistics().consumer_waiting
-        tg.cancel_scope.cancel()
-
-
-@pytest.mark.anyio
-async def test_cancelled_scope_parking_is_not_counted_by_cancel() -> None:
-    """A task in a cancelled scope that has to park leaves at its park: on trio
-    at once; on asyncio when anyio delivers the cancellation, in the next turn
-    of the loop (see the guarantees in the docs). From then on, ``cancel()``
-    does not count it, and it raises the cancellation, not KeyCancelled."""
-    wm: WaitMap[str, int] = WaitMap()
-    outcomes: list[str] = []
-
-    async def waiter() -> None:
-        with anyio.CancelScope() as scope:
-            scope.cancel()
-            try:
-                await wm.wait("k")
-            except anyio.get_cancelled_exc_class():
-                outcomes.append("cancelled")
-                raise
-
-    async with create_task_group() as tg:
-        tg.start_soon(waiter)
-        await wait_all_tasks_blocked()
-        await anyio.lowlevel.checkpoint()  # one more turn of the loop
-        assert wm.cancel("k") == 0
-    assert outcomes == ["cancelled"]
-    assert wm.statistics().tasks_waiting == 0
-
-
 # -- the same errors under a pending native cancellation --------------------------
 
 
@@ -534,80 +414,5 @@ def test_pending_task_cancel_wins_over_duplicate_waiter_and_busy(
         for task in parked:
             task.cancel()
         await asyncio.gather(*parked, return_exceptions=True)
-
-    run_asyncio(main())
-
-
-# -- a waiter handed a value before it parked ---------------------------------------
-
-
-@pytest.mark.anyio
-async def test_waiter_woken_before_it_parks_in_a_cancelled_scope() -> None:
-    """The hand-over came before the scope's cancellation: park() returns the
-    value, and the cancellation is raised at the next checkpoint."""
-    events: list[object] = []
-    with anyio.CancelScope() as scope:
-        waiter: Waiter[int] = Waiter()
-        assert waiter.wake(5)
-        scope.cancel()
-        events.append(await waiter.park())
-        await anyio.lowlevel.checkpoint()
-        events.append("not cancelled")
-    assert scope.cancelled_caught
-    assert events == [5]
-
-
-@pytest.mark.anyio
-async def test_waiter_woken_before_it_parks_still_yields() -> None:
-    """A lowlevel.Waiter that its own task woke before parking: ``park()``
-    returns the value, and is still a checkpoint that lets others run."""
-    from support.checkpoints import assert_yields
-
-    async def park_woken() -> int:
-        waiter: Waiter[int] = Waiter()
-        assert waiter.wake(5)
-        return await waiter.park()
-
-    assert await assert_yields(park_woken) == 5
-
-
-def test_waiter_woken_before_it_parks_keeps_the_value(run_asyncio: Runner) -> None:
-    """The hand-over came before the cancellation: the value is returned, and
-    the cancellation is raised at the next checkpoint."""
-    events: list[object] = []
-
-    async def task() -> None:
-        waiter: Waiter[int] = Waiter()
-        assert waiter.wake(5)
-        _cancel_me()
-        events.append(await waiter.park())
-        await asyncio.sleep(0)
-        events.append("not cancelled")
-
-    async def main() -> None:
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.create_task(task())
-
-    run_asyncio(main())
-    assert events == [5]
-
-
-def test_waker_cancelled_after_a_wake_up_keeps_it(run_asyncio: Runner) -> None:
-    """A wake-up resumed a park() that ``Task.cancel()`` then ended with
-    CancelledError before it could return: the wake-up is kept, and the next
-    park() returns at once."""
-
-    async def main() -> None:
-        waker = Waker()
-        parker = asyncio.create_task(waker.park())
-        await asyncio.sleep(0)
-        waker.wake()
-        parker.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await parker
-        assert "notified" in repr(waker)
-        with anyio.fail_after(5):
-            await waker.park()
-        assert "idle" in repr(waker)
 
     run_asyncio(main())
