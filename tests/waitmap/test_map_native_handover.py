@@ -1,74 +1,22 @@
-"""Native asyncio cancellation that arrives after a value was handed over.
+"""Native asyncio cancellation that arrives after a value was handed over: WaitMap.
 
 The value is kept, and the cancellation is re-armed for the task's next
 checkpoint: the task still ends cancelled, with the message it was cancelled
 with, and ``Task.cancelling()`` counts it once. Run under ``asyncio.run`` (and
-``uvloop.run``) without anything of anyio around the task.
+``uvloop.run``) without anything of anyio around the task. The same for
+WakeSink is in tests/sink/test_sink_native_handover.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 
 import pytest
+from support.cancellation import cancelling, expected, run_and_cancel
 from support.loops import Runner
 
-from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, WakeSink, Woke
-
-
-def cancelling() -> int | None:
-    """``Task.cancelling()`` of the running task, where Python has it."""
-    if sys.version_info < (3, 11):
-        return None
-    task = asyncio.current_task()
-    assert task is not None
-    return task.cancelling()
-
-
-async def run_and_cancel(
-    call: Callable[[], Awaitable[object]], cancel_after: Callable[[], object]
-) -> list[object]:
-    """Start ``call()`` in a task, let it run to its first suspension, run
-    ``cancel_after()`` and cancel the task with a message before it resumes.
-
-    Returns what the task recorded: the value, ``Task.cancelling()`` right
-    after, and the message of the cancellation that ended it.
-    """
-    events: list[object] = []
-
-    async def task_body() -> None:
-        events.append(await call())
-        events.append(("cancelling", cancelling()))
-        try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError as exc:
-            events.append(("cancelled", exc.args))
-            raise
-        events.append("not cancelled")
-
-    task = asyncio.create_task(task_body())
-    await asyncio.sleep(0)
-    cancel_after()
-    task.cancel("stop")
-    with pytest.raises(asyncio.CancelledError) as info:
-        await task
-    if sys.version_info >= (3, 11):
-        # Awaiting a cancelled task passes the message on from 3.11 (before,
-        # the awaiter gets a CancelledError of its own, without it). Inside the
-        # task the message is checked on every version (see expected()).
-        assert info.value.args == ("stop",)
-    assert task.cancelled()
-    return events
-
-
-def expected(value: object) -> list[object]:
-    return [
-        value,
-        ("cancelling", None if sys.version_info < (3, 11) else 1),
-        ("cancelled", ("stop",)),
-    ]
+from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, Woke
 
 
 @pytest.mark.parametrize("method", ["wait", "take", "wait_for"])
@@ -103,24 +51,6 @@ def test_take_of_a_stored_value_cancelled_while_yielding(run_asyncio: Runner) ->
         events = await run_and_cancel(lambda: wm.take("k"), lambda: None)
         assert events == expected(5)
         assert "k" not in wm
-
-    run_asyncio(main())
-
-
-def test_sink_value_from_the_first_check_survives_cancel(run_asyncio: Runner) -> None:
-    """wait_until() got a value from its first check and yields; Task.cancel()
-    arrives then: the value (consumed from the deque) is returned."""
-
-    async def main() -> None:
-        items = [3]
-        sink = WakeSink()
-        events = await run_and_cancel(
-            lambda: sink.wait_until(lambda: items.pop() if items else None),
-            lambda: None,
-        )
-        assert events == expected(3)
-        assert items == []
-        assert not sink.statistics().consumer_waiting
 
     run_asyncio(main())
 
