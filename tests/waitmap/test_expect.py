@@ -4,16 +4,14 @@ Every way out of the block is covered: the value received, an exception or a
 cancellation during the send, a cancellation after the value arrived, the value
 handed over from another thread, the map closed or the key cancelled inside the
 block. And the race that expect() closes: a reply that comes back while the
-sender is still yielding in its send.
+sender is still yielding in its send. A native ``Task.cancel()`` is in
+test_expect_native.py, callers and repliers in many threads in
+test_expect_threads.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
-import random
-import threading
-import time
 import weakref
 from typing import Any
 
@@ -22,8 +20,8 @@ import anyio.lowlevel
 import pytest
 from anyio import create_task_group, wait_all_tasks_blocked
 from support.checkpoints import assert_checkpoint, assert_yields
-from support.loops import Runner
-from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
+from support.expect import assert_nothing_left
+from support.workers import JOIN_TIMEOUT, run_in_thread_now
 
 from anyio_waitmap import (
     DuplicateWaiter,
@@ -36,12 +34,6 @@ from anyio_waitmap import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def assert_nothing_left(wm: WaitMap[Any, Any]) -> None:
-    stats = wm.statistics()
-    assert (stats.tasks_waiting, stats.keys_waiting) == (0, 0), stats
-    assert wm._waiting == {}  # pyright: ignore[reportPrivateUsage]
 
 
 class TestReceiving:
@@ -489,62 +481,6 @@ async def test_expect_then_send_receives_the_reply() -> None:
     assert_nothing_left(transport.replies)
 
 
-# -- native asyncio cancellation ----------------------------------------------------
-
-
-def test_pending_task_cancel_at_the_await_passes_the_value_on(
-    run_asyncio: Runner,
-) -> None:
-    """The task cancelled itself after the reply came: ``await reply`` raises
-    CancelledError, and the value goes on to the next taker at the exit."""
-
-    async def main() -> None:
-        wm: WaitMap[str, int] = WaitMap()
-        next_taker = asyncio.create_task(wm.take("k"))
-
-        async def caller() -> None:
-            with wm.expect("k") as reply:
-                assert wm.wake("k", 1) == Woke(1)
-                task = asyncio.current_task()
-                assert task is not None
-                task.cancel()
-                await reply
-
-        await asyncio.sleep(0)  # the next taker parks first, then the caller
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.create_task(caller())
-        assert await asyncio.wait_for(next_taker, JOIN_TIMEOUT) == 1
-        assert_nothing_left(wm)
-
-    run_asyncio(main())
-
-
-def test_task_cancel_after_the_value_came_returns_it(run_asyncio: Runner) -> None:
-    """Task.cancel() from another task after the hand-over, while the caller is
-    parked: the value is returned, and the cancellation comes next."""
-
-    async def main() -> None:
-        wm: WaitMap[str, int] = WaitMap()
-        events: list[object] = []
-
-        async def caller() -> None:
-            with wm.expect("k") as reply:
-                events.append(await reply)
-            await asyncio.sleep(0)
-            events.append("not cancelled")
-
-        task = asyncio.create_task(caller())
-        await asyncio.sleep(0)
-        assert wm.wake("k", 1) == Woke(1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert events == [1]
-        assert_nothing_left(wm)
-
-    run_asyncio(main())
-
-
 # -- nothing leaks ------------------------------------------------------------------
 
 
@@ -607,83 +543,3 @@ async def test_many_expectations_and_one_group_of_failures() -> None:
         wm.close()
     assert sorted(map(str, results)) == sorted(["three"] + ["closed"] * 9)
     assert_nothing_left(wm)
-
-
-# -- under load: callers in two event loops, repliers in plain threads --------------
-
-
-@pytest.mark.stress
-@pytest.mark.timeout(60)
-def test_calls_and_replies_across_threads_account_for_every_value() -> None:
-    """Callers in an asyncio and a trio loop register, publish their request id
-    and await the reply under a random short timeout; two plain threads reply,
-    each with a value of its own. Every value is returned to its caller exactly
-    once, or comes back to its replier (``NoMatch``), or was handed to an
-    expectation whose caller gave up before receiving it and went back into the
-    store; nothing else, and nothing is left registered."""
-    calls_per_loop = 400
-    wm: WaitMap[int, int] = WaitMap(exclusive=True)
-    requests: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    returned: list[tuple[int, int]] = []
-    outcomes: list[tuple[int, int, str]] = []
-    lock = threading.Lock()
-
-    def replier(seed: int) -> None:
-        rng = random.Random(seed)
-        while (request_id := requests.get()) is not None:
-            if rng.random() < 0.3:
-                time.sleep(rng.random() * 0.001)
-            value = request_id * 10 + seed  # unique per request and replier
-            match wm.wake(request_id, value):
-                case Woke(count):
-                    assert count == 1
-                    kind = "woke"
-                case NoMatch():
-                    kind = "nomatch"
-                case _:
-                    raise AssertionError("the map was closed")
-            with lock:
-                outcomes.append((request_id, value, kind))
-
-    async def caller(first_id: int, seed: int) -> None:
-        rng = random.Random(seed)
-        for request_id in range(first_id, first_id + calls_per_loop):
-            with anyio.move_on_after(rng.random() * 0.002):
-                with wm.expect(request_id) as reply:
-                    requests.put(request_id)
-                    for _ in range(rng.randrange(3)):
-                        await anyio.lowlevel.checkpoint()  # the send
-                    if rng.random() < 0.3:  # a slow send: the reply may come first
-                        await anyio.sleep(rng.random() * 0.002)
-                    value = await reply
-                    with lock:
-                        returned.append((request_id, value))
-
-    repliers = [Worker(lambda s=seed: replier(s), f"replier {seed}") for seed in (1, 2)]
-    for worker in repliers:
-        worker.start()
-    loops = [
-        Worker(lambda: anyio.run(caller, 0, 7), "asyncio callers"),
-        Worker(lambda: anyio.run(caller, 100_000, 8, backend="trio"), "trio callers"),
-    ]
-    for worker in loops:
-        worker.start()
-    for worker in loops:
-        worker.finish(JOIN_TIMEOUT * 3)
-    for _ in repliers:
-        requests.put(None)
-    for worker in repliers:
-        worker.finish()
-
-    assert_nothing_left(wm)
-    woke = {(rid, value) for rid, value, kind in outcomes if kind == "woke"}
-    assert len(woke) == sum(kind == "woke" for _, _, kind in outcomes)
-    assert len(set(returned)) == len(returned), "a value was returned twice"
-    given_back = {(key, value) for key, value in wm.items()}
-    assert set(returned) | given_back == woke, "a woken value went missing"
-    assert not set(returned) & given_back, "a value was returned and given back"
-    assert len(outcomes) == 2 * calls_per_loop  # every request was answered once
-    # The run went through each way a value can end (with these seeds).
-    assert returned
-    assert given_back
-    assert any(kind == "nomatch" for _, _, kind in outcomes)
