@@ -24,7 +24,7 @@ T = TypeVar("T")
 #: A bound on each test's loop, well above the milliseconds a run takes.
 TIMEOUT: Final = 10.0
 
-pytestmark = pytest.mark.parametrize("new_loop", LOOP_FACTORIES)
+pytestmark = [pytest.mark.parametrize("new_loop", LOOP_FACTORIES), pytest.mark.native]
 
 NewLoop = Callable[[], asyncio.AbstractEventLoop]
 

@@ -17,6 +17,8 @@ from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 from anyio_waitmap import NoMatch, WaitMap, Woke
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
+pytestmark = [pytest.mark.native, pytest.mark.threads]
+
 
 def test_trio_runs_in_two_threads_wake_each_other() -> None:
     """A task of one trio run hands values to tasks of another trio run, running

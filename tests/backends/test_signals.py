@@ -44,10 +44,13 @@ if sys.version_info < (3, 11):
 
 PACKAGE = str(Path(anyio_waitmap.__file__).parent)
 
-pytestmark = pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(),
-    reason="signal handlers run in the main thread only",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        threading.current_thread() is not threading.main_thread(),
+        reason="signal handlers run in the main thread only",
+    ),
+    pytest.mark.signals,
+]
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,8 @@ from support.loops import Runner
 
 from anyio_waitmap.lowlevel import Waiter, Waker
 
+pytestmark = pytest.mark.native
+
 # -- a waiter handed a value before it parked ---------------------------------------
 
 

@@ -27,7 +27,7 @@ from anyio_waitmap import WakeSink, WakeSource
 from anyio_waitmap._wakers import ConsumerSlot
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings]
 
 
 def _hook(waker: Waker, **points: dict[int, Callable[[], object]]) -> HookedLock:

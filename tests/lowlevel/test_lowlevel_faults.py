@@ -46,7 +46,7 @@ from anyio_waitmap.lowlevel import AtomicWaker, Waiter, Waker
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 
 # == 1. tasks whose event loop is gone, or goes during the wake-up ================

@@ -19,7 +19,7 @@ from support.workers import run_in_thread_now
 
 from anyio_waitmap.lowlevel import Waiter
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings, pytest.mark.threads]
 
 
 async def test_lowlevel_waiter_woken_from_thread_then_cancelled() -> None:

@@ -27,7 +27,7 @@ from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 
 from anyio_waitmap.lowlevel import AtomicWaker, Waker
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.threads]
 
 #: Hang guard for joins and waits that only a bug could make long.
 #: How long a park that must not return is given to (wrongly) return.

@@ -16,7 +16,7 @@ from anyio_waitmap import WakeSource
 from anyio_waitmap._wakers import ConsumerSlot
 from anyio_waitmap.lowlevel import Waker
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings]
 
 
 class _ConsumerLeavingBetweenTwoReads:

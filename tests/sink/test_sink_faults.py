@@ -19,7 +19,7 @@ from support.workers import JOIN_TIMEOUT, run_in_thread_now
 
 from anyio_waitmap import WakeSink
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 
 # == MemoryError while registering =================================================

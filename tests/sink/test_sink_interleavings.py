@@ -52,7 +52,7 @@ from trio.lowlevel import in_trio_task
 
 from anyio_waitmap import WakeSink
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings, pytest.mark.model]
 
 
 # -- WakeSink: the model ---------------------------------------------------------

@@ -9,10 +9,13 @@ WaitMap is in tests/waitmap/test_map_native_handover.py.
 
 from __future__ import annotations
 
+import pytest
 from support.cancellation import expected, run_and_cancel
 from support.loops import Runner
 
 from anyio_waitmap import WakeSink
+
+pytestmark = pytest.mark.native
 
 
 def test_sink_value_from_the_first_check_survives_cancel(run_asyncio: Runner) -> None:

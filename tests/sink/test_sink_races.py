@@ -20,7 +20,7 @@ from support.workers import run_in_thread_now
 
 from anyio_waitmap import WakeSink
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings, pytest.mark.threads]
 
 
 async def test_sink_notified_from_thread_then_cancelled() -> None:

@@ -33,7 +33,7 @@ from support.workers import JOIN_TIMEOUT, Worker, run_in_thread_now
 from anyio_waitmap import WakeSink
 from anyio_waitmap.lowlevel import DiatomicWaker, Waker
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.threads]
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from support.workers import JOIN_TIMEOUT
 
 from anyio_waitmap import WaitMap, Woke
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.native]
 
 
 # -- native asyncio cancellation ----------------------------------------------------

@@ -19,7 +19,7 @@ from support.workers import JOIN_TIMEOUT, Worker
 
 from anyio_waitmap import NoMatch, WaitMap, Woke
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.threads]
 
 
 # -- under load: callers in two event loops, repliers in plain threads --------------

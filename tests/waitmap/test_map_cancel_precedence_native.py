@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import mpsc_channel
 import oneshot
 
+pytestmark = pytest.mark.native
+
 # -- the ready calls -------------------------------------------------------------
 
 

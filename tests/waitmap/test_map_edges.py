@@ -19,7 +19,7 @@ from support.edges import HookedLock
 
 from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings]
 
 
 async def test_waiter_leaves_between_the_lock_free_look_and_the_lock() -> None:

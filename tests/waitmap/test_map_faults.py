@@ -74,7 +74,7 @@ from anyio_waitmap._backends._asyncio import AsyncioBinding
 from anyio_waitmap._backends._trio import TrioBinding
 from anyio_waitmap._parking import DEAD, ERROR, VALUE
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 T = TypeVar("T")
 

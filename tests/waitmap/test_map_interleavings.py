@@ -93,7 +93,7 @@ from anyio_waitmap import (
     Woke,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings, pytest.mark.model]
 
 
 def is_even(value: int) -> bool:

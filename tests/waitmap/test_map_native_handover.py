@@ -18,6 +18,8 @@ from support.loops import Runner
 
 from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, Woke
 
+pytestmark = pytest.mark.native
+
 
 @pytest.mark.parametrize("method", ["wait", "take", "wait_for"])
 def test_hand_over_then_cancel_keeps_value_and_message(

@@ -21,7 +21,7 @@ from support.workers import run_in_thread_now
 
 from anyio_waitmap import WaitMap, Woke
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.interleavings, pytest.mark.threads]
 
 
 @pytest.mark.parametrize("method", ["wait", "take", "wait_for"])

@@ -21,6 +21,8 @@ from anyio_waitmap import KeyCancelled, NoMatch, WaitMap, WaitMapClosed, Woke
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+pytestmark = pytest.mark.native
+
 
 needs_uncancel = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="Task.uncancel() and asyncio.timeout are 3.11+"

@@ -56,6 +56,8 @@ from anyio_waitmap import (
     Woke,
 )
 
+pytestmark = [pytest.mark.model, pytest.mark.threads]
+
 
 class Deadline:
     """How long to wait for something the model says must happen at once.

@@ -93,6 +93,8 @@ from anyio_waitmap import (
 )
 from anyio_waitmap._wakers import PARKED
 
+pytestmark = pytest.mark.threads
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is part of the test extras

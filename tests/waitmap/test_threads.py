@@ -43,6 +43,8 @@ from anyio_waitmap import (
 )
 from anyio_waitmap._backends import current_binding
 
+pytestmark = pytest.mark.threads
+
 T = TypeVar("T")
 
 #: Hang guard for joins and waits that only a bug could make long.
