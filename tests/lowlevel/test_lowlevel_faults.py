@@ -49,7 +49,7 @@ if sys.version_info < (3, 11):
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 
-# == 1. tasks whose event loop is gone, or goes during the wake-up ================
+# == 1. tasks whose event loop is gone, or goes during the wake-up =================
 
 
 @pytest.mark.parametrize(("kind", "ending"), GONE)
@@ -209,7 +209,7 @@ async def test_memory_error_parking_on_lowlevel_waiter(
     assert got == [Token("v")]
 
 
-# == 3. a lowlevel.Waiter whose on_abort raises ===================================
+# == 3. a lowlevel.Waiter whose on_abort raises ====================================
 
 
 async def test_on_abort_that_raises_reaches_the_task() -> None:

@@ -413,7 +413,7 @@ def compare(
     raise AssertionError("\n".join(lines))
 
 
-# -- the explorations ----------------------------------------------------------
+# -- the explorations ------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ async def waitmap_round_trip(wm: WaitMap[Any, Any], key: object) -> None:
     assert_no_waiters(wm)
 
 
-# -- event loops of other threads whose tasks are left waiting ----------------------
+# -- event loops of other threads whose tasks are left waiting ---------------------
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -374,7 +374,7 @@ def assert_refused(host: Host, ending: str, expected_calls: int) -> None:
         assert host.refused == ["RuntimeError: Event loop is closed"]
 
 
-# -- where a registration allocates ---------------------------------------------
+# -- where a registration allocates ------------------------------------------------
 
 #: Where a registration allocates, by name: each patched so that its first call
 #: raises MemoryError (only the running backend's binding is ever called).
