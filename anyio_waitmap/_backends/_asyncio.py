@@ -29,7 +29,7 @@ try:
     # backend up again on every call, which costs more than the check itself.
     # This reaches into anyio (checked with 4.11 and 4.16). Should a later anyio
     # move it, the public function below makes the same check, only slower, and
-    # tests/test_binding.py says so.
+    # tests/backends/test_binding.py says so.
     from anyio._core._eventloop import get_async_backend
 
     _checkpoint_if_cancelled: Callable[[], Awaitable[None]] = get_async_backend(

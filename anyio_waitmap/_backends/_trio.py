@@ -118,7 +118,8 @@ try:
     # again behind a call of their own, which costs more than the lookup itself
     # on every wait. This reaches into trio (checked with 0.32 and 0.35). Should
     # a later trio move it, current_binding() falls back to
-    # current_trio_binding(), only slower, and tests/test_binding.py says so.
+    # current_trio_binding(), only slower, and tests/backends/test_binding.py
+    # says so.
     from trio._core import _run
 
     run_context = _run.GLOBAL_RUN_CONTEXT

@@ -67,12 +67,15 @@ class JsonCodec:
     __slots__ = ()
 
     def encode(self, value: Any, /) -> bytes:
+        """``value`` as compact JSON; :exc:`TypeError` if JSON cannot hold it
+        (a set, an object, NaN or an infinity)."""
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot encode {value!r} as JSON: {exc}") from exc
 
     def decode(self, data: bytes, /) -> Any:
+        """The value that :meth:`encode` made ``data`` from."""
         return json.loads(data)
 
 

@@ -986,13 +986,13 @@ class RedisExpectation(Generic[V]):
     """
 
     __slots__ = (
+        "_encoded_key",
         "_held",
         "_kind",
         "_local",
         "_map",
         "_received",
         "_registration",
-        "encoded_key",
         "key",
     )
 
@@ -1000,9 +1000,9 @@ class RedisExpectation(Generic[V]):
         self, waitmap: RedisWaitMap[V], encoded_key: str, key: RedisKey, take: bool
     ) -> None:
         self._map = waitmap
-        self.encoded_key = encoded_key
+        self._encoded_key = encoded_key
         #: The key whose value is expected.
-        self.key = key
+        self.key: RedisKey = key
         self._kind = "t" if take else "w"
         self._registration: str | None = None
         self._local: Expectation[str, bytes] | None = None
@@ -1024,9 +1024,9 @@ class RedisExpectation(Generic[V]):
         registration = self._registration = wm._new_registration(self._kind)
         local = self._local = wm._local.expect(registration, take=False)
         local.__enter__()
-        wm._waiting[registration] = self.encoded_key
+        wm._waiting[registration] = self._encoded_key
         try:
-            held = await wm._register(registration, self.encoded_key)
+            held = await wm._register(registration, self._encoded_key)
         except BaseException:
             self._leave()
             raise
@@ -1035,7 +1035,7 @@ class RedisExpectation(Generic[V]):
             del wm._waiting[registration]
             if self._kind == "t":
                 # Held in Redis for this registration until acknowledged.
-                wm._delivered[registration] = self.encoded_key
+                wm._delivered[registration] = self._encoded_key
         return self
 
     async def __aexit__(
