@@ -12,7 +12,8 @@
                                    or more), then list the mutants that survived
 
 Each command creates ``.venv`` (or ``--venv PATH``) with the interpreter running
-this script if it does not exist yet, and installs what it needs into it; nothing
+this script if it does not exist yet, and installs into it the package (editable)
+with its trio extra and the command's dependency group of pyproject.toml; nothing
 else is needed beforehand. Only the standard library is used here.
 """
 
@@ -28,7 +29,8 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-EXTRAS = {"demo": "demo", "test": "test", "bench": "bench", "mutate": "mutation"}
+# The dependency group that each command installs.
+GROUPS = {"demo": "demo", "test": "dev", "bench": "bench", "mutate": "mutation"}
 # Each benchmark script, and the arguments of a full run of it.
 BENCHMARKS = (
     ("fanin", ["--rounds", "11"]),
@@ -54,21 +56,23 @@ def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:
         sys.exit(result.returncode)
 
 
-def ensure_venv(path: Path, extras: str) -> Path:
-    """Create the environment if needed and install the project with ``extras``."""
+def ensure_venv(path: Path, group: str) -> Path:
+    """Create the environment if needed and install the project with ``group``."""
     bindir = path / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / ("python.exe" if os.name == "nt" else "python")
     if not python.exists():
         print(f"Creating {path} with Python {sys.version.split()[0]}", flush=True)
         venv.create(path, with_pip=True, clear=True)
-        run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    # Reinstall only when the project metadata or the requested extras changed.
+    # Reinstall only when the project metadata or the requested group changed.
     digest = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + extras.encode()
+        (ROOT / "pyproject.toml").read_bytes() + group.encode()
     ).hexdigest()
-    stamp = path / f".installed-{extras.replace(',', '-')}"
+    stamp = path / f".installed-{group}"
     if not stamp.exists() or stamp.read_text() != digest:
-        run(python, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+        # pip 25.1 is the first to install dependency groups (--group).
+        pip = [python, "-m", "pip", "install", "--quiet"]
+        run(*pip, "--upgrade", "pip>=25.1")
+        run(*pip, "-e", ".[trio]", "--group", group)
         stamp.write_text(digest)
     return python
 
@@ -161,7 +165,7 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args()
-    python = ensure_venv(options.venv.resolve(), EXTRAS[options.command])
+    python = ensure_venv(options.venv.resolve(), GROUPS[options.command])
     commands = {"demo": demo, "test": test, "bench": bench, "mutate": mutate}
     commands[options.command](python, options.args)
 

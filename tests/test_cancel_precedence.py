@@ -48,7 +48,7 @@ import oneshot
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]

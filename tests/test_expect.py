@@ -498,7 +498,7 @@ async def test_expect_then_send_receives_the_reply() -> None:
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]

@@ -23,7 +23,7 @@ if sys.version_info < (3, 11):
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]

@@ -19,7 +19,7 @@ from anyio_waitmap import KeyCancelled, WaitMap, WaitMapClosed, WakeSink, Woke
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 RUNNERS: list[Any] = [pytest.param(asyncio.run, id="asyncio.run")]

@@ -95,7 +95,7 @@ from anyio_waitmap._wakers import PARKED
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 # -- configuration ---------------------------------------------------------------------
