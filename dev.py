@@ -7,12 +7,14 @@
       1. in .venv, with this Python: ruff, mypy, pyright, the docs (html, doctest)
       2. build the sdist and the wheel from it, and check their metadata and files
       3. the test suite against that wheel, installed in a fresh .venv-3.X for
-         each Python in PYTHONS; two runs at a time (--jobs), each one's output
-         shown when it ends; the run on this Python measures coverage
+         each Python in PYTHONS, and in .venv-3.X-lowest with the lowest
+         dependencies allowed (.ci/lowest.txt) for each in LOWEST_ON; two runs
+         at a time (--jobs), each one's output shown when it ends; the run on
+         this Python measures coverage
       4. the benchmarks, briefly (bench --quick)
     python3 dev.py test --python 3.12 [ARGS...]
                                    steps 2 and 3 only, on Python 3.12 (repeat the
-                                   option for more)
+                                   option for more; 3.10-lowest names a lowest run)
     python3 dev.py bench [--quick] run every benchmark, keep the results in
                                    benchmarks/results/ and redraw the chart
                                    (--quick: a smoke run, results in a temp dir)
@@ -59,6 +61,10 @@ ROOT = Path(__file__).resolve().parent
 # The Pythons the package supports: the wheel's classifiers must list exactly
 # these (the test command checks it), and CI runs the test suite on each.
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# The suite also runs on these with the lowest versions of the dependencies that
+# pyproject.toml allows, pinned in this file (also checked against the wheel).
+LOWEST_ON = ("3.10", "3.13")
+LOWEST = ROOT / ".ci" / "lowest.txt"
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 THIS_PYTHON = "{}.{}".format(*sys.version_info)
 BIN, EXE = ("Scripts", ".exe") if os.name == "nt" else ("bin", "")
@@ -102,15 +108,21 @@ def ensure_venv(
     interpreter: str,
     name: str,
     *install: str,
+    constraints: Path | None = None,
     log: TextIO | None = None,
 ) -> Path:
     """Create the environment with ``interpreter`` if needed, and run ``pip
-    install *install`` in it when that or the project's metadata changed."""
+    install *install`` in it when that, the project's metadata or the
+    constraints changed."""
     python = path / BIN / f"python{EXE}"
     if not python.exists():
         run(interpreter, "-m", "venv", "--clear", path, log=log)
+    if constraints:
+        install += ("--constraint", str(constraints))
     digest = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + "\0".join(install).encode()
+        (ROOT / "pyproject.toml").read_bytes()
+        + (constraints.read_bytes() if constraints else b"")
+        + "\0".join(install).encode()
     ).hexdigest()
     stamp = path / f".installed-{name}"
     if not stamp.exists() or stamp.read_text() != digest:
@@ -136,15 +148,19 @@ def demo(python: Path, args: list[str]) -> None:
 class Suite:
     """One run of the test suite against the installed wheel."""
 
-    name: str  # "3.12"
+    name: str  # "3.12", or "3.10-lowest" for the lowest dependencies
     version: str
+    lowest: bool = False
     coverage: bool = False
 
     def __str__(self) -> str:
-        return f"Python {self.version}{', coverage' if self.coverage else ''}"
+        extra = ", lowest dependencies" if self.lowest else ""
+        return f"Python {self.version}{extra}{', coverage' if self.coverage else ''}"
 
 
-SUITES = [Suite(v, v) for v in PYTHONS]
+SUITES = [Suite(v, v) for v in PYTHONS] + [
+    Suite(f"{v}-lowest", v, True) for v in LOWEST_ON
+]
 
 
 def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
@@ -252,7 +268,7 @@ def files(*directories: str) -> set[str]:
 
 
 def check_metadata(text: str) -> None:
-    """The classifiers name exactly PYTHONS."""
+    """The classifiers name PYTHONS, and .ci/lowest.txt pins the floors."""
     metadata = email.parser.Parser().parsestr(text)
     classifiers = metadata.get_all("Classifier", [])
     versions = [
@@ -265,6 +281,31 @@ def check_metadata(text: str) -> None:
             f"pyproject.toml claims Python {versions} ({metadata['Requires-Python']}),"
             f" dev.py tests {list(PYTHONS)}: make them agree"
         )
+    floors = {}
+    for requirement in metadata.get_all("Requires-Dist", []):
+        name, floor = re.findall(
+            r"^([\w.-]+)(?:\[.*?\])?\s*(?:>=\s*([\w.]+))?", requirement
+        )[0]
+        if floor:
+            floors[normalize(name)] = release(floor)
+    pins = {}
+    for line in LOWEST.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[normalize(name)] = release(version)
+    if floors != pins:
+        sys.exit(
+            f"The floors of pyproject.toml, {floors}, differ from {LOWEST}: {pins}"
+        )
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def release(version: str) -> str:
+    """ "4.9.0" -> "4.9", as PEP 440 compares them."""
+    return re.sub(r"(\.0)+$", "", version.strip())
 
 
 def find_pythons(versions: list[str], required: bool) -> dict[str, str]:
@@ -381,7 +422,8 @@ def run_suite(
     """The test suite against ``wheel``, installed in .venv-<suite name>."""
     python = ensure_venv(
         ROOT / f".venv-{suite.name}", interpreter, "test",
-        f"{wheel}[trio]", "--group", "test", log=log,
+        f"{wheel}[trio]", "--group", "test",
+        constraints=LOWEST if suite.lowest else None, log=log,
     )  # fmt: skip
     # This build's wheel, in place of the last one (it has the same version).
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
