@@ -175,7 +175,8 @@ def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
         ours = [suite for suite in suites if suite.name == THIS_PYTHON] or suites[-1:]
         ours[0].coverage = True
         suites.sort(key=lambda suite: not suite.coverage)
-    dev = dev_venv(venv, "test")
+    with timed("set up .venv"):
+        dev = dev_venv(venv, "test")
     if not only:
         with timed("lint, types, docs"):
             check(dev)
