@@ -6,8 +6,8 @@
                                    without ARGS, 100% branch coverage is required):
       1. in .venv, with this Python: ruff, mypy, pyright, the docs (html, doctest)
       2. build the sdist and the wheel from it, and check their metadata and files
-      3. the test suite against that wheel, installed in a fresh .venv-3.X for
-         each Python in PYTHONS, and in .venv-3.X-lowest with the lowest
+      3. the test suite against that wheel, installed in .venv-3.X for each
+         Python in PYTHONS, and in .venv-3.X-lowest with the lowest
          dependencies allowed (.ci/lowest.txt) for each in LOWEST_ON; two runs
          at a time (--jobs), each one's output shown when it ends; the run on
          this Python measures coverage
@@ -172,7 +172,8 @@ def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
     if not args and not only:
         # Coverage once: in the run on this Python (or on the newest one
         # found), which starts first since it takes longest.
-        ours = [suite for suite in suites if suite.name == THIS_PYTHON] or suites[-1:]
+        newest = [suite for suite in suites if not suite.lowest][-1:]
+        ours = [suite for suite in suites if suite.name == THIS_PYTHON] or newest
         ours[0].coverage = True
         suites.sort(key=lambda suite: not suite.coverage)
     with timed("set up .venv"):
