@@ -306,7 +306,7 @@ def normalize(name: str) -> str:
 
 
 def release(version: str) -> str:
-    """ "4.9.0" -> "4.9", as PEP 440 compares them."""
+    """Without the trailing zeros, which PEP 440 ignores: 4.9.0 is 4.9."""
     return re.sub(r"(\.0)+$", "", version.strip())
 
 
