@@ -64,7 +64,8 @@ class Expectation(Generic[K, V]):
 
         Raises:
             anyio.NoEventLoopError: no asyncio or trio task is running in this
-                thread.
+                thread (a :exc:`RuntimeError`; a plain :exc:`RuntimeError`
+                with anyio 4.9 and 4.10, which do not have it).
             WaitMapClosed: the map is closed.
             DuplicateWaiter: the map is ``exclusive`` and ``key`` has a waiter.
             RuntimeError: the block was entered before.

@@ -42,6 +42,8 @@ class Waker:
     Raises:
         anyio.NoEventLoopError: no asyncio or trio task is running in this thread
             (a :exc:`RuntimeError`), as in a loop callback or a trio instrument.
+            With anyio 4.9 and 4.10, which do not have
+            :exc:`~anyio.NoEventLoopError`, a plain :exc:`RuntimeError`.
     """
 
     __slots__ = ("_binding", "_handle", "_lock", "_requested", "_state")

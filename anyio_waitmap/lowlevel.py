@@ -154,7 +154,8 @@ class Waiter(_ParkedTask[_T]):
 
     Raises:
         anyio.NoEventLoopError: no asyncio or trio task is running in this thread
-            (a :exc:`RuntimeError`).
+            (a :exc:`RuntimeError`; a plain :exc:`RuntimeError` with anyio
+            4.9 and 4.10, which do not have :exc:`~anyio.NoEventLoopError`).
     """
 
     __slots__ = ("_abort_callback",)

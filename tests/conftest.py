@@ -10,6 +10,9 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,17 @@ from anyio_waitmap._backends._trio import TrioBinding
 pytest.register_assert_rewrite("support")
 
 from support.loops import RUNNERS, Runner  # noqa: E402 (once the rewrite is set up)
+
+
+def pytest_report_header() -> str:
+    """Which copy of the package the run tests, and with which dependencies."""
+    spec = find_spec("anyio_waitmap")  # without importing it before the tests do
+    where = Path(spec.origin).parent if spec and spec.origin else "not found"
+    versions = ", ".join(
+        f"{name} {version(name)}" for name in ("anyio", "trio", "outcome")
+    )
+    return f"anyio_waitmap: {where} (with {versions})"
+
 
 BACKENDS = [
     pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),

@@ -26,7 +26,7 @@ from ._asyncio import AsyncioBinding, current_asyncio_task
 
 try:
     from anyio import NoEventLoopError
-except ImportError:  # pragma: no cover - anyio before 4.11
+except ImportError:  # pragma: no cover - anyio 4.9 and 4.10 (see pyproject.toml)
     NoEventLoopError = RuntimeError  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:

@@ -122,7 +122,13 @@ def tracing() -> Iterator[None]:
     its runs and begins with a warm-up run.
     """
     previous = sys.gettrace()
+    # On Python 3.12, a frame that sets f_trace_opcodes gets opcode events only
+    # if some frame had it set when sys.settrace() was called (3.13 fixed it:
+    # python/cpython#114480), so this frame has it set for the call.
+    here = sys._getframe()
+    here.f_trace_opcodes = True
     sys.settrace(_trace_calls)
+    here.f_trace_opcodes = False
     try:
         yield
     finally:

@@ -97,7 +97,7 @@ pytestmark = pytest.mark.threads
 
 try:
     import uvloop
-except ImportError:  # pragma: no cover - uvloop is part of the test extras
+except ImportError:  # pragma: no cover - uvloop is in the test dependency group
     uvloop = None  # type: ignore[assignment]
 
 # -- configuration ---------------------------------------------------------------------
