@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar, cast, final, overload
+from typing import Any, Final, Generic, TypeAlias, TypeVar, cast, final, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -39,6 +39,8 @@ import anyio.lowlevel
 import coredis
 import coredis.exceptions
 from coredis.commands import Script
+from coredis.connection import TCPLocation
+from coredis.patterns.pubsub import BasePubSub
 from coredis.retry import NoRetryPolicy
 
 from .._exceptions import KeyCancelled, WaitMapClosed
@@ -101,6 +103,9 @@ class RedisWaitMapStatistics:
     closed: bool
 
 
+#: A client of a standalone Redis or of a Redis Cluster.
+_Client: TypeAlias = "coredis.Redis[bytes] | coredis.RedisCluster[bytes]"
+
 _Errors = (coredis.exceptions.ConnectionError, TimeoutError)
 #: Errors with which Redis refuses a command for a while (out of memory, a
 #: replica during a failover, a busy script, a moved slot, a script cache
@@ -110,6 +115,7 @@ _REFUSALS = (
     coredis.exceptions.NoScriptError,
     coredis.exceptions.TryAgainError,
     coredis.exceptions.ClusterDownError,
+    coredis.exceptions.ClusterError,
 )
 _REFUSAL_CODES = frozenset({"OOM", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS"})
 
@@ -122,9 +128,15 @@ def _refused_for_now(exc: coredis.exceptions.ResponseError) -> bool:
     return isinstance(exc, _REFUSALS) or str(exc).partition(" ")[0] in _REFUSAL_CODES
 
 
-def _only_unavailability(group: BaseExceptionGroup[Any]) -> bool:
-    _, rest = group.split(_Errors)
-    return rest is None
+def _passing(exc: BaseException) -> bool:
+    """Whether the subscription may just be made again after ``exc``: Redis
+    was unreachable or refused for now, or (on a Cluster) a slot moved."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = cast("BaseExceptionGroup[BaseException]", exc).split(_passing)
+        return rest is None
+    if isinstance(exc, coredis.exceptions.ResponseError):
+        return isinstance(exc, coredis.exceptions.AskError) or _refused_for_now(exc)
+    return isinstance(exc, (*_Errors, RedisUnavailable, coredis.exceptions.PubSubError))
 
 
 def _unwrapped(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -165,6 +177,7 @@ class RedisWaitMap(Generic[V]):
         "_background",
         "_client",
         "_closed",
+        "_cluster",
         "_codec",
         "_connection",
         "_counter",
@@ -198,8 +211,15 @@ class RedisWaitMap(Generic[V]):
         codec: Codec | None,
         lease: float,
         timeout: float,
+        cluster: bool,
         options: dict[str, Any],
     ) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(
+                f"the URL must start with redis:// or rediss://, not {scheme}://"
+                + (": for a Cluster, pass cluster=True" if "cluster" in scheme else "")
+            )
         if not math.isfinite(lease) or lease <= 0:
             raise ValueError(
                 f"lease must be a positive number of seconds, not {lease!r}"
@@ -216,6 +236,7 @@ class RedisWaitMap(Generic[V]):
             if reserved in options:
                 raise TypeError(f"{reserved} is the map's own; it cannot be passed")
         self._url = url
+        self._cluster = cluster
         self._shown_url = _without_password(url)
         self._layout = Layout(name)
         self._codec = codec
@@ -249,7 +270,7 @@ class RedisWaitMap(Generic[V]):
         #: Whether the background tasks run (from opening to the exit).
         self._running = False
         self._subscribed = False
-        self._client: coredis.Redis[bytes] | None = None
+        self._client: _Client | None = None
         self._scripts: dict[str, Script[bytes]] = {}
         #: The client, and the background tasks' group, exited in that order
         #: reversed: the tasks end before the last commands at exit.
@@ -270,6 +291,7 @@ class RedisWaitMap(Generic[V]):
         codec: None = None,
         lease: float = DEFAULT_LEASE,
         timeout: float = DEFAULT_TIMEOUT,
+        cluster: bool = False,
         **options: Any,
     ) -> RedisWaitMap[bytes | str]: ...
     @overload
@@ -282,6 +304,7 @@ class RedisWaitMap(Generic[V]):
         codec: Codec,
         lease: float = DEFAULT_LEASE,
         timeout: float = DEFAULT_TIMEOUT,
+        cluster: bool = False,
         **options: Any,
     ) -> RedisWaitMap[Any]: ...
     @classmethod
@@ -293,6 +316,7 @@ class RedisWaitMap(Generic[V]):
         codec: Codec | None = None,
         lease: float = DEFAULT_LEASE,
         timeout: float = DEFAULT_TIMEOUT,
+        cluster: bool = False,
         **options: Any,
     ) -> RedisWaitMap[Any]:
         """A map named ``name`` in the Redis at ``url``, to open with ``async with``.
@@ -309,15 +333,21 @@ class RedisWaitMap(Generic[V]):
                 acknowledged go on to the next taker or back into the store.
             timeout: seconds to connect to Redis or to wait for an answer, after
                 which a call raises :exc:`RedisUnavailable`.
-            options: passed on to :meth:`coredis.Redis.from_url` (TLS settings,
+            cluster: ``url`` names one node of a Redis Cluster (its start-up
+                node; the client finds the others). The map's keys are spread
+                over the Cluster's shards, and its doorbells use sharded
+                pub/sub.
+            options: passed on to :meth:`coredis.Redis.from_url`, or to
+                :meth:`coredis.RedisCluster.from_url` (TLS settings,
                 ``max_connections``, ...).
 
         Raises:
-            ValueError: ``lease`` or ``timeout`` is not a positive number.
+            ValueError: ``lease`` or ``timeout`` is not a positive number, or
+                ``url`` is not a ``redis://`` or ``rediss://`` URL.
             TypeError: ``name`` is not a non-empty ``str``, ``codec`` has no
                 ``encode`` and ``decode``, or an option is the map's own.
         """
-        return cls(url, name, codec, lease, timeout, options)
+        return cls(url, name, codec, lease, timeout, cluster, options)
 
     # -- opening and closing ---------------------------------------------------------
 
@@ -334,8 +364,8 @@ class RedisWaitMap(Generic[V]):
         self._opened = True
         try:
             async with AsyncExitStack() as connection, AsyncExitStack() as tasks:
-                client = await connection.enter_async_context(self._new_client())
-                self._client = client
+                client = self._client = self._new_client()
+                await connection.enter_async_context(client)
                 self._scripts = {
                     name: client.register_script(source(name)) for name in NAMES
                 }
@@ -428,7 +458,7 @@ class RedisWaitMap(Generic[V]):
         except RedisUnavailable:
             pass  # the lease runs out, and the others reclaim what is left
 
-    def _new_client(self) -> coredis.Redis[bytes]:
+    def _new_client(self) -> _Client:
         timeout = self._timeout
         options: dict[str, Any] = {
             "connect_timeout": timeout,
@@ -436,11 +466,25 @@ class RedisWaitMap(Generic[V]):
             "pool_timeout": timeout,
             **self._options,
         }
+        if self._cluster:
+            # coredis follows MOVED and ASK redirections itself, and retries
+            # TRYAGAIN, whatever the retry policy. The URL's node is given as
+            # coredis would take it from the URL, without its deprecation
+            # warning.
+            parts = urlsplit(self._url)
+            node = TCPLocation(parts.hostname or "localhost", parts.port or 6379)
+            return coredis.RedisCluster.from_url(
+                self._url,
+                decode_responses=False,
+                retry_policy=NoRetryPolicy(),
+                startup_nodes=[node],
+                **options,
+            )
         return coredis.Redis.from_url(
             self._url, decode_responses=False, retry_policy=NoRetryPolicy(), **options
         )
 
-    async def _usable(self, operation: str) -> coredis.Redis[bytes]:
+    async def _usable(self, operation: str) -> _Client:
         """The client, if the map is open; a checkpoint if it is not."""
         client = self._client
         if client is None or self._closed:
@@ -452,7 +496,7 @@ class RedisWaitMap(Generic[V]):
             raise WaitMapClosed(f"cannot {operation} a closed RedisWaitMap")
         return client
 
-    def _live_client(self) -> coredis.Redis[bytes]:
+    def _live_client(self) -> _Client:
         client = self._client
         assert client is not None
         return client
@@ -715,9 +759,20 @@ class RedisWaitMap(Generic[V]):
 
     def _bell(self, partition: int) -> tuple[str, str]:
         """The doorbell channels' prefix in ``partition`` and the command that
-        rings them, as the scripts take them."""
-        del partition  # one channel per instance on a standalone Redis
+        rings them, as the scripts take them: on a Cluster, one sharded channel
+        per partition, in its slot; on a standalone Redis, one channel."""
+        if self._cluster:
+            return self._layout.partition_bell_prefix(partition), "SPUBLISH"
         return self._layout.bell_prefix(), "PUBLISH"
+
+    def _bell_channels(self) -> list[str]:
+        """The channels of this instance's doorbell."""
+        if self._cluster:
+            return [
+                self._layout.partition_bell_prefix(partition) + self._owner
+                for partition in range(PARTITIONS)
+            ]
+        return [self._layout.bell_prefix() + self._owner]
 
     # -- the background tasks --------------------------------------------------------
 
@@ -730,20 +785,17 @@ class RedisWaitMap(Generic[V]):
     async def _receive(self) -> None:
         """Keep the doorbell subscription up; hand outcomes to the tasks."""
         delay = _FIRST_DELAY
-        channel = self._layout.bell_prefix() + self._owner
+        channels = self._bell_channels()
         while True:
             try:
-                # A client of its own, made anew after every disconnection: a
+                # A client of its own, made anew after every disconnection (a
                 # connection that dies while a subscription holds it is not
-                # given back to its pool.
+                # given back to its pool), and after a slot moved on a Cluster
+                # (coredis then drops the sharded channel, and a new client
+                # knows where the slot went).
                 async with (
                     self._new_client() as client,
-                    client.pubsub(
-                        channels=[channel],
-                        ignore_subscribe_messages=True,
-                        retry_policy=None,
-                        subscription_timeout=self._timeout,
-                    ) as pubsub,
+                    self._subscription(client, channels) as pubsub,
                 ):
                     # Subscribed. The state is the truth: read what the
                     # registrations hold, for what rang while it was down.
@@ -751,19 +803,41 @@ class RedisWaitMap(Generic[V]):
                     self._subscribed = True
                     delay = _FIRST_DELAY
                     async for message in pubsub:
-                        self._on_bell(cast("bytes", message["data"]))
-            except (*_Errors, RedisUnavailable, BaseExceptionGroup) as exc:
+                        kind = message["type"]
+                        if kind == "message":
+                            self._on_bell(cast("bytes", message["data"]))
+                        elif kind == "sunsubscribe":
+                            break  # the slot of a channel moved
+                # Subscribe again at once.
+                delay = 0
+            except (
+                *_Errors,
+                coredis.exceptions.RedisError,
+                RedisUnavailable,
+                BaseExceptionGroup,
+            ) as exc:
                 if self._closed:
                     # Closing: coredis may fail to unsubscribe from a connection
                     # it closed already, which is of no interest any more.
                     return
-                if isinstance(exc, BaseExceptionGroup) and not _only_unavailability(
-                    exc
-                ):
+                if not _passing(exc):
                     raise
             self._subscribed = False
             await anyio.sleep(delay)
             delay = min(delay * 2, _MAX_DELAY)
+
+    def _subscription(
+        self, client: _Client, channels: list[str]
+    ) -> BasePubSub[bytes, Any]:
+        if isinstance(client, coredis.RedisCluster):
+            # (coredis's decorator hides the type from mypy.)
+            sharded: BasePubSub[bytes, Any] = client.sharded_pubsub(
+                channels=channels, retry_policy=None, subscription_timeout=self._timeout
+            )
+            return sharded
+        return client.pubsub(
+            channels=channels, retry_policy=None, subscription_timeout=self._timeout
+        )
 
     def _on_bell(self, data: bytes) -> None:
         encoded_key, registration, outcome = data.split(b"\n", 2)
@@ -796,16 +870,25 @@ class RedisWaitMap(Generic[V]):
         # back), or one for a task that left: skipped.
 
     async def _read_back(self) -> None:
+        """Hand over what Redis holds for the registrations waiting: what was
+        rung while the subscription was down, or not trusted."""
         by_key: dict[str, list[str]] = {}
         for registration, encoded_key in self._waiting.items():
             by_key.setdefault(encoded_key, []).append(registration)
+        keys = list(by_key.items())
+        for start in range(0, len(keys), _BATCH):
+            await self._concurrently(
+                functools.partial(self._read_key, *key)
+                for key in keys[start : start + _BATCH]
+            )
+
+    async def _read_key(self, encoded_key: str, registrations: list[str]) -> None:
+        held = self._layout.key(encoded_key).d
         client = self._live_client()
-        for encoded_key, registrations in by_key.items():
-            held = self._layout.key(encoded_key).d
-            outcomes = await self._command(client.hmget(held, registrations))
-            for registration, outcome in zip(registrations, outcomes, strict=True):
-                if outcome is not None:
-                    self._hand_over(registration, outcome, encoded_key.encode())
+        outcomes = await self._command(client.hmget(held, registrations))
+        for registration, outcome in zip(registrations, outcomes, strict=True):
+            if outcome is not None:
+                self._hand_over(registration, outcome, encoded_key.encode())
 
     async def _carry_out(self) -> None:
         """Release and acknowledge in Redis what the tasks left, in batches."""

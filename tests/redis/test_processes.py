@@ -13,14 +13,15 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import pytest
-from redis_servers import RedisServer, scan_all
+from redis_servers import RedisCluster, RedisServer, scan_all
 from worker_processes import LOOPS, WorkerProcess, Workers, wait_until
 
 from anyio_waitmap.redis._codec import encode_key
-from anyio_waitmap.redis._layout import Layout
+from anyio_waitmap.redis._layout import PARTITIONS, Layout
 
 pytestmark = pytest.mark.redis
 
@@ -34,39 +35,50 @@ TIMEOUT = 2.0
 RECLAIM_WITHIN = 2 * LEASE + 0.5
 
 
+#: A standalone server, or a Cluster (looked into node by node).
+Target: TypeAlias = "RedisServer | RedisCluster"
+
+
+def node_of(server: Target, name: str) -> RedisServer:
+    """The server that holds the Redis key ``name``."""
+    if isinstance(server, RedisCluster):
+        return server.node_for_key(name)
+    return server
+
+
 def names(key: str) -> tuple[str, str, str, str]:
     """The Redis keys of a map key: stored value, takers, waiters, handed."""
     keys = LAYOUT.key(encode_key(key))
     return keys.v, keys.t, keys.w, keys.d
 
 
-def takers(server: RedisServer, key: str) -> list[str]:
+def takers(server: Target, key: str) -> list[str]:
     """The registrations waiting to take ``key``, first first."""
-    reply = server.execute("ZRANGE", names(key)[1], 0, -1)
+    reply = node_of(server, names(key)[1]).execute("ZRANGE", names(key)[1], 0, -1)
     assert isinstance(reply, list)
     return [item.decode() for item in reply if isinstance(item, bytes)]
 
 
-def count_waiters(server: RedisServer, key: str) -> int:
-    reply = server.execute("ZCARD", names(key)[2])
+def count_waiters(server: Target, key: str) -> int:
+    reply = node_of(server, names(key)[2]).execute("ZCARD", names(key)[2])
     assert isinstance(reply, int)
     return reply
 
 
-def stored(server: RedisServer, key: str) -> bytes | None:
+def stored(server: Target, key: str) -> bytes | None:
     """The raw stored value of ``key`` (a str value is stored as b"s" + it)."""
-    reply = server.execute("GET", names(key)[0])
+    reply = node_of(server, names(key)[0]).execute("GET", names(key)[0])
     assert reply is None or isinstance(reply, bytes)
     return reply
 
 
-def map_keys(server: RedisServer) -> list[bytes]:
+def map_keys(server: Target) -> list[bytes]:
     """The map's data keys: stored values, queues, deliveries (not its owners,
     leases, and the counts of what each owner holds)."""
     return [key for key in scan_all(server, LAYOUT.pattern()) if b":owner:" not in key]
 
 
-def all_keys(server: RedisServer) -> list[bytes]:
+def all_keys(server: Target) -> list[bytes]:
     """Every key of the map, its own included."""
     return scan_all(server, LAYOUT.pattern()) + scan_all(
         server, LAYOUT.control_pattern()
@@ -74,10 +86,12 @@ def all_keys(server: RedisServer) -> list[bytes]:
 
 
 def start_mixed(
-    workers: Workers, server: RedisServer, count: int = 3, **options: Any
+    workers: Workers, server: Target, count: int = 3, **options: Any
 ) -> list[WorkerProcess]:
     """``count`` workers, cycling through asyncio, uvloop and trio."""
     options = {"lease": LEASE, "timeout": TIMEOUT, **options}
+    if isinstance(server, RedisCluster):
+        options["cluster"] = True
     return [
         workers.start(server.url(), NAME, loop, label=f"{loop}-{n}", **options)
         for n, loop in zip(range(count), itertools.cycle(LOOPS))
@@ -102,7 +116,7 @@ def wait(worker: WorkerProcess, server: RedisServer, key: str, tag: str) -> None
     wait_until(lambda: count_waiters(server, key) == before + 1, what=f"{tag} waits")
 
 
-def stop_all(server: RedisServer, workers: list[WorkerProcess]) -> None:
+def stop_all(server: Target, workers: list[WorkerProcess]) -> None:
     """Stop the workers once every task of theirs has ended and Redis has their
     acknowledgements (they are sent in the background): then Redis holds the
     stored values, and nothing else of the map's keys."""
@@ -474,7 +488,42 @@ def test_random_load_accounts_for_every_value(
     redis_server: RedisServer, workers: Workers
 ) -> None:
     """Four processes run a random mix of takes, waits (some with timeouts),
-    wakes, stores, pops and cancels; every value is accounted for.
+    wakes, stores, pops and cancels; every value is accounted for (see
+    run_random_load)."""
+    run_random_load(redis_server, workers)
+
+
+@pytest.mark.timeout(240)
+def test_random_load_on_a_cluster_through_a_reshard(
+    redis_cluster_factory: Any, workers: Workers
+) -> None:
+    """The same load on a 3-primary Cluster, with a reshard in its middle that
+    moves slots of the map's partitions (their keys, their sharded doorbells)
+    to another primary: every value is still accounted for, and SCAN on every
+    shard finds nothing left."""
+    cluster: RedisCluster = redis_cluster_factory()
+    slots = {cluster.keyslot(LAYOUT.base(p)) for p in range(PARTITIONS)}
+    source, target = cluster.primaries()[:2]
+    # redis-cli moves the source's slots from its first one: as many as it
+    # takes to move four partitions.
+    owned = sorted(cluster.slots_of(source))
+    theirs = [number for number, slot in enumerate(owned) if slot in slots]
+    count = theirs[3] + 1
+    moved: list[int] = []
+
+    def reshard() -> None:
+        moved.extend(cluster.reshard(count, source, target))
+
+    run_random_load(cluster, workers, during=reshard)
+    assert len(set(moved) & slots) >= 4, "the reshard moved no partition"
+
+
+def run_random_load(
+    server: Target, workers: Workers, during: Callable[[], None] | None = None
+) -> None:
+    """Four processes run a random mix of takes, waits (some with timeouts),
+    wakes, stores, pops and cancels; ``during()`` runs while they do. Every
+    value is accounted for.
 
     Keys of two kinds keep the accounting exact. *Wake keys* are woken and
     never set, and their takes never time out, so no value of theirs is ever
@@ -492,7 +541,7 @@ def test_random_load_accounts_for_every_value(
     """
     wake_keys = [f"w{n}" for n in range(30)]
     strict_keys = wake_keys[:10]
-    procs = start_mixed(workers, redis_server, count=4)
+    procs = start_mixed(workers, server, count=4)
     set_keys = {proc.label: [f"s{n}.{proc.label}" for n in range(80)] for proc in procs}
     all_set_keys = [key for keys in set_keys.values() for key in keys]
     started = time.monotonic()
@@ -509,6 +558,8 @@ def test_random_load_accounts_for_every_value(
             max_tasks=40,
             max_timeout=0.2,
         )
+    if during is not None:
+        during()
     for proc in procs:
         proc.expect(lambda e: e["event"] == "load_done", timeout=90)
 
@@ -522,7 +573,7 @@ def test_random_load_accounts_for_every_value(
         time.sleep(0.1)
     else:
         pytest.fail("tasks kept waiting after every key was cancelled")
-    stop_all(redis_server, procs)
+    stop_all(server, procs)
     elapsed = time.monotonic() - started
 
     events = [e for proc in procs for e in proc.events]
@@ -558,7 +609,7 @@ def test_random_load_accounts_for_every_value(
     assert set(taken) | {value for value, _ in returns} <= set(woken) | set(sets)
     assert max(taken.values()) == 1
 
-    final = {key: stored(redis_server, key) for key in wake_keys + all_set_keys}
+    final = {key: stored(server, key) for key in wake_keys + all_set_keys}
     for key in wake_keys:
         assert final[key] is None, f"a value of {key} was stored"
         missing = 0
@@ -586,8 +637,8 @@ def test_random_load_accounts_for_every_value(
 
     # At the end Redis holds the stored values and nothing else.
     left = {names(key)[0].encode() for key, value in final.items() if value}
-    assert set(all_keys(redis_server)) == left
-    assert scan_all(redis_server, LAYOUT.control_pattern()) == []
+    assert set(all_keys(server)) == left
+    assert scan_all(server, LAYOUT.control_pattern()) == []
 
     # The load went through every path.
     kinds = collections.Counter(e["event"] for e in events)

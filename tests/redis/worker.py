@@ -257,7 +257,11 @@ async def read_commands(worker: Worker) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     wm = RedisWaitMap.connect(
-        args.url, name=args.name, lease=args.lease, timeout=args.timeout
+        args.url,
+        name=args.name,
+        lease=args.lease,
+        timeout=args.timeout,
+        cluster=args.cluster,
     )
     # The tasks' group encloses the map, so that leaving the map's block (which
     # makes the tasks still waiting raise WaitMapClosed) happens in the task
@@ -284,6 +288,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--name", required=True)
     parser.add_argument("--loop", choices=sorted(LOOPS), required=True)
     parser.add_argument("--lease", type=float, default=10.0)
+    parser.add_argument("--cluster", action="store_true", help="URL names a node")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--commands", default="[]", help="a JSON list of commands")
     return parser.parse_args()

@@ -49,6 +49,7 @@ class WorkerProcess:
         *,
         lease: float = 10.0,
         timeout: float = 5.0,
+        cluster: bool = False,
         commands: list[dict[str, Any]] | None = None,
         label: str | None = None,
     ) -> None:
@@ -63,6 +64,7 @@ class WorkerProcess:
                 "--url", url, "--name", name, "--loop", loop,
                 "--lease", str(lease), "--timeout", str(timeout),
                 "--commands", json.dumps(commands or []),
+                *(["--cluster"] if cluster else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
