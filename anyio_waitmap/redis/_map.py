@@ -132,8 +132,8 @@ def _passing(exc: BaseException) -> bool:
     """Whether the subscription may just be made again after ``exc``: Redis
     was unreachable or refused for now, or (on a Cluster) a slot moved."""
     if isinstance(exc, BaseExceptionGroup):
-        _, rest = cast("BaseExceptionGroup[BaseException]", exc).split(_passing)
-        return rest is None
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        return all(_passing(inner) for inner in group.exceptions)
     if isinstance(exc, coredis.exceptions.ResponseError):
         return isinstance(exc, coredis.exceptions.AskError) or _refused_for_now(exc)
     return isinstance(exc, (*_Errors, RedisUnavailable, coredis.exceptions.PubSubError))

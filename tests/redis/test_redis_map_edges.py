@@ -18,6 +18,7 @@ from anyio_waitmap import Woke
 from anyio_waitmap.redis import RedisUnavailable, RedisWaitMap
 from anyio_waitmap.redis._layout import Layout
 from anyio_waitmap.redis._map import (  # pyright: ignore[reportPrivateUsage]
+    _passing,
     _unwrapped,
     _without_password,
 )
@@ -213,6 +214,20 @@ def test_groups_of_one_error_unwrapped() -> None:
     )
     two = BaseExceptionGroup("", [BaseExceptionGroup("", [error, ValueError()])])
     assert _unwrapped(two) is two
+
+
+def test_a_subscription_is_made_again_only_after_errors_that_pass() -> None:
+    lost = coredis.exceptions.ConnectionError("lost")
+    moved = coredis.exceptions.MovedError("1 127.0.0.1:7000")
+    refused = coredis.exceptions.ResponseError("OOM command not allowed")
+    assert _passing(lost)
+    assert _passing(moved)
+    assert _passing(refused)
+    assert not _passing(coredis.exceptions.ResponseError("ERR unknown command"))
+    assert not _passing(ValueError())
+    nested = BaseExceptionGroup("", [BaseExceptionGroup("", [lost, moved]), refused])
+    assert _passing(nested)
+    assert not _passing(BaseExceptionGroup("", [nested, ValueError()]))
 
 
 class TestCancelledAsTheValueArrives:
