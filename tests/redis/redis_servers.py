@@ -2,25 +2,14 @@
 
 Every server is a ``redis-server`` subprocess started by this module on a free
 port of 127.0.0.1, in its own temporary directory; nothing here talks to a
-server it did not start.  Register the fixtures from ``tests/conftest.py``::
+server it did not start.  It needs nothing but the standard library, so that
+the benchmarks and ``python3 dev.py demo --redis`` start their servers with it
+too; the fixtures of the tests are in ``conftest.py`` beside it.
 
-    pytest_plugins = ["redis_servers"]  # "tests.redis_servers" in a package
-
-Fixtures (all fail, never skip, when ``redis-server`` is missing):
-
-- ``redis_server``: a non-persistent server for one test (function scope).
-- ``persistent_redis_server``: a server that keeps its data across
-  ``restart()`` and ``kill()`` (function scope).
-- ``redis_server_factory``: starts as many servers as a test needs (function
-  scope).
-- ``redis_cluster``: a 3-primary cluster shared by the whole session.  Tests
-  sharing it must use their own key prefixes and leave its nodes running.
-- ``redis_cluster_factory``: private clusters, for tests that kill nodes or
-  need replicas (function scope).
-
-Every server is killed when its test ends, whatever the outcome, and an
-``atexit`` handler kills any that are left.  Servers run in their own session,
-so a Ctrl+C in the terminal reaches pytest, which then shuts them down.
+Every server is killed when the ``with`` block that started it ends, whatever
+the outcome, and an ``atexit`` handler kills any that are left.  Servers run
+in their own session, so a Ctrl+C in the terminal reaches the Python process,
+which then shuts them down.
 """
 
 from __future__ import annotations
@@ -42,9 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, TypeAlias
-
-import pytest
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,20 +43,13 @@ __all__ = [
     "Connection",
     "RedisBinaries",
     "RedisCluster",
-    "RedisClusterFactory",
     "RedisNotInstalledError",
     "RedisReplyError",
     "RedisServer",
     "RedisServerError",
-    "RedisServerFactory",
     "Reply",
     "free_port",
-    "persistent_redis_server",
     "redis_binaries",
-    "redis_cluster",
-    "redis_cluster_factory",
-    "redis_server",
-    "redis_server_factory",
     "scan_all",
 ]
 
@@ -1069,102 +1049,3 @@ def _kill_leftovers() -> None:
     for directory in list(_temporary_directories):
         shutil.rmtree(directory, ignore_errors=True)
     _temporary_directories.clear()
-
-
-def _require_redis() -> None:
-    try:
-        redis_binaries()
-    except RedisNotInstalledError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-class RedisServerFactory(Protocol):
-    """The type of the ``redis_server_factory`` fixture."""
-
-    def __call__(
-        self,
-        *,
-        persistent: bool = False,
-        password: str | None = None,
-        extra_args: Sequence[str] = (),
-    ) -> RedisServer: ...
-
-
-class RedisClusterFactory(Protocol):
-    """The type of the ``redis_cluster_factory`` fixture."""
-
-    def __call__(
-        self,
-        primaries: int = 3,
-        replicas_per_primary: int = 0,
-        *,
-        node_timeout_ms: int = 2000,
-    ) -> RedisCluster: ...
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A non-persistent server for one test (function scope)."""
-    _require_redis()
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def persistent_redis_server() -> Iterator[RedisServer]:
-    """A persistent server for one test (function scope)."""
-    _require_redis()
-    with RedisServer(persistent=True) as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server_factory() -> Iterator[RedisServerFactory]:
-    """Start servers on demand; all are killed after the test (function scope)."""
-    _require_redis()
-    with contextlib.ExitStack() as stack:
-
-        def create(
-            *,
-            persistent: bool = False,
-            password: str | None = None,
-            extra_args: Sequence[str] = (),
-        ) -> RedisServer:
-            server = RedisServer(
-                persistent=persistent, password=password, extra_args=extra_args
-            )
-            return stack.enter_context(server)
-
-        yield create
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    """A 3-primary cluster shared by the session (session scope).
-
-    Tests sharing it must use distinct key prefixes and must not stop or kill
-    its nodes; use ``redis_cluster_factory`` for that.
-    """
-    _require_redis()
-    with RedisCluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def redis_cluster_factory() -> Iterator[RedisClusterFactory]:
-    """Create clusters on demand; all are killed after the test (function scope)."""
-    _require_redis()
-    with contextlib.ExitStack() as stack:
-
-        def create(
-            primaries: int = 3,
-            replicas_per_primary: int = 0,
-            *,
-            node_timeout_ms: int = 2000,
-        ) -> RedisCluster:
-            cluster = RedisCluster(
-                primaries, replicas_per_primary, node_timeout_ms=node_timeout_ms
-            )
-            return stack.enter_context(cluster)
-
-        yield create

@@ -484,6 +484,18 @@ class TestOptions:
         with pytest.raises(ValueError, match=message):
             RedisWaitMap.connect("redis://127.0.0.1:1", name=NAME, **options)
 
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("http://127.0.0.1:1", r"redis:// or rediss://, not http://$"),
+            ("unix:///tmp/redis.sock", r"redis:// or rediss://, not unix://$"),
+            ("redis+cluster://127.0.0.1:1", "for a Cluster, pass cluster=True"),
+        ],
+    )
+    async def test_bad_url(self, url: str, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            RedisWaitMap.connect(url, name=NAME)
+
     async def test_bad_name_codec_or_option(self) -> None:
         url = "redis://127.0.0.1:1"
         with pytest.raises(TypeError, match="name must be a non-empty str"):
