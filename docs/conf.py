@@ -44,6 +44,7 @@ nitpick_ignore = [
         "anyio_waitmap._wakers.T",
         "anyio_waitmap.lowlevel._T",
         "anyio_waitmap._parking.T",
+        "anyio_waitmap.redis._map.V",
     )
 ]
 
@@ -53,6 +54,7 @@ intersphinx_mapping = {
     "python": ("https://docs.python.org/3", "_inventories/python.inv"),
     "anyio": ("https://anyio.readthedocs.io/en/stable", "_inventories/anyio.inv"),
     "trio": ("https://trio.readthedocs.io/en/stable", "_inventories/trio.inv"),
+    "coredis": ("https://coredis.readthedocs.io/en/stable", "_inventories/coredis.inv"),
 }
 
 autodoc_member_order = "bysource"

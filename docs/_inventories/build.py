@@ -1,8 +1,9 @@
 """Write the intersphinx inventories that the docs link through.
 
 The docs build runs without network access, so instead of downloading the full
-inventories of Python, anyio and trio, this lists the objects the docs refer to,
-with their real addresses, and writes them in Sphinx's inventory format.
+inventories of Python, anyio, trio and coredis, this lists the objects the docs
+refer to, with their real addresses, and writes them in Sphinx's inventory
+format.
 Add a line here when the docs refer to a new external object, then run
 ``python docs/_inventories/build.py``.
 """
@@ -25,6 +26,8 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
             "library/collections.abc.html#$",
         ),
         ("collections.deque", "py:class", "library/collections.html#$"),
+        ("json.dumps", "py:function", "library/json.html#$"),
+        ("json.loads", "py:function", "library/json.html#$"),
         ("threading.Lock", "py:class", "library/threading.html#$"),
         ("threading.RLock", "py:class", "library/threading.html#$"),
         ("signal.signal", "py:function", "library/signal.html#$"),
@@ -39,6 +42,7 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("str", "py:class", "library/stdtypes.html#$"),
         ("tuple", "py:class", "library/stdtypes.html#$"),
         ("BaseException", "py:exception", "library/exceptions.html#$"),
+        ("ConnectionError", "py:exception", "library/exceptions.html#$"),
         ("Exception", "py:exception", "library/exceptions.html#$"),
         ("KeyError", "py:exception", "library/exceptions.html#$"),
         ("LookupError", "py:exception", "library/exceptions.html#$"),
@@ -54,6 +58,13 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("anyio.Event.wait", "py:method", "api.html#$"),
         ("anyio.NoEventLoopError", "py:exception", "api.html#$"),
         ("anyio.open_signal_receiver", "py:function", "api.html#$"),
+        ("anyio.to_thread.run_sync", "py:function", "api.html#$"),
+        ("anyio.from_thread.run", "py:function", "api.html#$"),
+        ("anyio.from_thread.BlockingPortal", "py:class", "api.html#$"),
+    ],
+    "coredis": [
+        ("coredis.Redis.from_url", "py:method", "api/clients.html#$"),
+        ("coredis.RedisCluster.from_url", "py:method", "api/clients.html#$"),
     ],
     "trio": [
         (
@@ -66,7 +77,12 @@ INVENTORIES: dict[str, list[tuple[str, str, str]]] = {
         ("trio.open_signal_receiver", "py:function", "reference-io.html#$"),
     ],
 }
-FILES = {"Python": "python.inv", "anyio": "anyio.inv", "trio": "trio.inv"}
+FILES = {
+    "Python": "python.inv",
+    "anyio": "anyio.inv",
+    "trio": "trio.inv",
+    "coredis": "coredis.inv",
+}
 
 
 def main() -> None:
