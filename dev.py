@@ -24,10 +24,13 @@
                                    or more), then list the mutants that survived
 
 Each command creates the environments it needs if they do not exist yet, and
-installs the package with its trio extra and a dependency group of
-pyproject.toml into them; nothing but Python 3.10 or newer is needed beforehand.
-The Pythons are found as this one, python3.X on PATH, or pyenv's 3.X.N. With CI
-set (CI=true), a missing one is an error; otherwise it is reported and skipped.
+installs the package with its extras and a dependency group of pyproject.toml
+into them; nothing but Python 3.10 or newer is needed beforehand. The Pythons
+are found as this one, python3.X on PATH, or pyenv's 3.X.N. The tests of
+anyio_waitmap.redis (tests/redis) start Redis servers of their own, and need
+redis-server and redis-cli 7.0 or newer (on PATH, or named by REDIS_SERVER_BIN
+and REDIS_CLI_BIN). With CI set (CI=true), a missing Python or Redis is an
+error; otherwise it is reported at the end, and what needs it is left out.
 
 Only the standard library is used here, on purpose. nox or hatch would have to
 be installed by this script first (the README's two commands must work on a
@@ -87,6 +90,8 @@ BENCHMARKS = (
 WAKERS_SCENARIOS = ("wakers_idle", "wakers_ping_pong", "wakers_thread", "wakers_burst")
 # Wall times of the test command's steps, printed at its end.
 TIMES: list[tuple[str, float]] = []
+# What the tests of anyio_waitmap.redis start; see redis_missing().
+REDIS_VERSION = (7, 0, 0)
 
 
 def run(
@@ -169,11 +174,34 @@ SUITES = [Suite(v, v) for v in PYTHONS] + [
 ]
 
 
+def redis_missing() -> str | None:
+    """Why tests/redis cannot run here (no Redis 7.0 or newer), or None."""
+    sys.path.insert(0, str(ROOT / "tests" / "redis"))
+    try:
+        import redis_servers  # the tests' own finder, standard library only
+    finally:
+        sys.path.pop(0)
+    try:
+        binaries = redis_servers.redis_binaries()
+    except redis_servers.RedisNotInstalledError as exc:
+        return str(exc)
+    if binaries.server_version < REDIS_VERSION:
+        found = ".".join(map(str, binaries.server_version))
+        return (
+            f"{binaries.server} is Redis {found}; the tests need 7.0 or newer "
+            f"(sharded pub/sub). {redis_servers.INSTALL_HINT}"
+        )
+    return None
+
+
 def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
     suites = [suite for suite in SUITES if not only or suite.name in only]
     pythons = find_pythons(
         [suite.version for suite in suites], required=CI or bool(only)
     )
+    no_redis = redis_missing()
+    if no_redis and CI:
+        sys.exit(f"dev.py test: tests/redis cannot run. {no_redis}")
     suites = [suite for suite in suites if suite.version in pythons]
     if not args and not only:
         # Coverage once: in the run on this Python (or on the newest one
@@ -189,7 +217,7 @@ def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
             check(dev)
     with timed("build, check sdist and wheel"):
         wheel = build(dev)
-    run_suites(suites, pythons, wheel, args, jobs)
+    run_suites(suites, pythons, wheel, args, jobs, redis=not no_redis)
     if not only:
         with timed("benchmarks --quick"):
             bench(dev, ["--quick"])
@@ -197,6 +225,8 @@ def test(venv: Path, args: list[str], only: list[str], jobs: int) -> None:
     missing = [version for version in PYTHONS if version not in pythons]
     if missing and not only:
         print(f"Not tested, not found: Python {', '.join(missing)}.")
+    if no_redis:
+        print(f"Not tested: anyio_waitmap.redis (tests/redis). {no_redis}")
 
 
 def check(python: Path) -> None:
@@ -383,13 +413,15 @@ def run_suites(
     wheel: Path,
     args: list[str],
     jobs: int,
+    redis: bool,
 ) -> None:
     """Run the suites, ``jobs`` at a time; one at a time, each one's output
-    shows as it runs (as pytest's --pdb needs)."""
+    shows as it runs (as pytest's --pdb needs). ``redis``: whether
+    tests/redis can run."""
     if jobs == 1 or len(suites) == 1:
         for suite in suites:
             start = time.monotonic()
-            run_suite(suite, pythons[suite.version], wheel, args, log=None)
+            run_suite(suite, pythons[suite.version], wheel, args, redis, log=None)
             TIMES.append((str(suite), time.monotonic() - start))
         return
     logs = ROOT / "build" / "test-logs"
@@ -399,7 +431,7 @@ def run_suites(
         start = time.monotonic()
         with (logs / f"{suite.name}.log").open("w") as log:
             try:
-                run_suite(suite, pythons[suite.version], wheel, args, log)
+                run_suite(suite, pythons[suite.version], wheel, args, redis, log)
                 status = 0
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -425,7 +457,12 @@ def run_suites(
 
 
 def run_suite(
-    suite: Suite, interpreter: str, wheel: Path, args: list[str], log: TextIO | None
+    suite: Suite,
+    interpreter: str,
+    wheel: Path,
+    args: list[str],
+    redis: bool,
+    log: TextIO | None,
 ) -> None:
     """The test suite against ``wheel``, installed in .venv-<suite name>."""
     # The redis extra's coredis needs a newer anyio than the package's floor:
@@ -447,6 +484,9 @@ def run_suite(
     if suite.lowest:
         print("Without tests/redis: the redis extra needs anyio 4.11.", file=log)
         pytest.append("--ignore=tests/redis")
+    elif not redis:
+        print("Without tests/redis: no Redis 7.0 or newer found.", file=log)
+        pytest.append("--ignore=tests/redis")
     env = {"ANYIO_WAITMAP_TEST_INSTALLED": "1"}
     if not suite.coverage:
         run(*pytest, env=env, log=log)
@@ -457,7 +497,9 @@ def run_suite(
     run(*coverage, "erase", log=log)
     run(*coverage, "run", "--parallel-mode", *pytest, env=env, log=log)
     run(*coverage, "combine", "--quiet", log=log)  # site-packages -> source tree
-    run(*coverage, "report", log=log)
+    # Without tests/redis, anyio_waitmap.redis is not measured (and said so).
+    omit = [] if redis else ["--omit=*/anyio_waitmap/redis/*"]
+    run(*coverage, "report", *omit, log=log)
 
 
 @contextmanager
