@@ -730,6 +730,13 @@ class RedisWaitMap(Generic[V]):
         try:
             return await request
         except _Errors as exc:
+            client = self._client
+            if isinstance(client, coredis.RedisCluster):
+                # coredis refreshes its map of the Cluster's slots after the
+                # errors that its retry policy reports; with no policy (the map
+                # tries again itself), a node it cannot connect to goes
+                # unreported, and a failover unnoticed.
+                client.connection_pool.cluster_layout.report_errors(None, exc)
             raise _unavailable(exc, self._shown_url) from exc
         except coredis.exceptions.ResponseError as exc:
             if not _refused_for_now(exc):

@@ -8,20 +8,24 @@ only tests that start a cluster of their own move slots or stop nodes.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
+import sniffio
 from anyio import create_task_group
 from redis_servers import RedisCluster, scan_all
 from test_redis_map import eventually, settle
 
 from anyio_waitmap import KeyCancelled, NoMatch, Woke
-from anyio_waitmap.redis import RedisWaitMap
+from anyio_waitmap.redis import RedisUnavailable, RedisWaitMap
 from anyio_waitmap.redis._codec import encode_key
 from anyio_waitmap.redis._layout import PARTITIONS, Layout
 
@@ -230,6 +234,109 @@ class TestSlotsMoving:
             # Who got which value is the FIFO order; which of the two woken
             # tasks runs first is the scheduler's (trio shuffles them).
             assert sorted(got) == [("first", "one"), ("second", "two")]
+            await settle(a, b)
+            assert left_in_redis(cluster, name) == []
+        assert everything(cluster, name) == []
+
+
+def _from_coredis_pool_acquire(error: object) -> bool:
+    """Whether ``error`` is a KeyError raised while coredis finalized the async
+    generator ``ClusterConnectionPool.acquire``."""
+    if not isinstance(error, KeyError):
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(
+        frame.name == "acquire"
+        and Path(frame.filename).parts[-3:] == ("coredis", "pool", "_cluster.py")
+        for frame in frames
+    )
+
+
+@contextmanager
+def coredis_double_release_ignored() -> Iterator[None]:
+    """On asyncio, ignore coredis 6.9's error when the event loop finalizes an
+    async generator of its Cluster pool (``acquire``) that it left unfinished
+    when a node died: the finalizer releases a connection released before, and
+    the task that asyncio runs it in ends with a ``KeyError``. Every other
+    error still reaches the test. (On trio the same generator shows as a
+    ResourceWarning; see pyproject.toml.)"""
+    if sniffio.current_async_library() != "asyncio":
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _from_coredis_pool_acquire(context.get("exception")):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handler)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+
+
+async def woken_after_failover(wm: RedisWaitMap[Any], key: str, value: str) -> Any:
+    """``wm.wake(key, value)``, tried again while the Cluster fails over (the
+    client learns the new primary when a command to the old one fails), as an
+    application would."""
+    with anyio.fail_after(30):
+        while True:
+            try:
+                return await wm.wake(key, value)
+            except RedisUnavailable:
+                await anyio.sleep(0.1)
+
+
+class TestFailover:
+    async def test_what_reached_the_replica_survives_the_primary(
+        self, redis_cluster_factory: Any
+    ) -> None:
+        """The primary of a partition is killed and its replica takes over:
+        registrations and stored values it had replicated are kept, takers
+        that waited all along are served by a wake after the failover, and
+        nothing is left behind. (What the primary had not replicated is lost:
+        replication is asynchronous, see docs/redis.rst.)"""
+        cluster: RedisCluster = redis_cluster_factory(3, 1, node_timeout_ms=1000)
+        name = "failover"
+        key = "k"
+        names = Layout(name).key(encode_key(key))
+        primary = cluster.node_for_key(names.t)
+        with coredis_double_release_ignored():
+            await self.fail_over_while_waiting(cluster, name, key, primary)
+
+    async def fail_over_while_waiting(
+        self, cluster: RedisCluster, name: str, key: str, primary: Any
+    ) -> None:
+        names = Layout(name).key(encode_key(key))
+        async with opened(cluster, name) as a, opened(cluster, name) as b:
+            got: list[str] = []
+
+            async def taker() -> None:
+                got.append(await a.take(key))
+
+            async with create_task_group() as tg:
+                tg.start_soon(taker)
+                await eventually(lambda: queued(cluster, name, key) == 1)
+                await b.set("stored", "kept")
+                stored_on = cluster.node_for_key(
+                    Layout(name).key(encode_key("stored")).v
+                )
+                # Replicated before the kill, so that what is promised is what
+                # is tested.
+                for node in {primary, stored_on}:
+                    assert node.execute("WAIT", 1, 5000) == 1
+                replica = await anyio.to_thread.run_sync(cluster.kill_primary, primary)
+                assert cluster.node_for_key(names.t) is replica
+                assert await woken_after_failover(b, key, "after") == Woke(1)
+            assert got == ["after"]
+            assert await b.get("stored") == "kept"
+            assert await b.pop("stored") == "kept"
             await settle(a, b)
             assert left_in_redis(cluster, name) == []
         assert everything(cluster, name) == []
