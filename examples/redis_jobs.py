@@ -500,6 +500,8 @@ class Run:
     kill: Kill | None = None
     left: list[bytes] = field(default_factory=list[bytes])
     timed_out: bool = False
+    #: What the parent waits for once the results are in (shown by the bar).
+    phase: str = ""
 
     @property
     def answered(self) -> int:
@@ -562,12 +564,15 @@ async def drive(config: Config, run: Run, tg: anyio.abc.TaskGroup) -> None:
             # once its lease has run out (each looks every lease / 2): keep
             # them running until then.
             reclaimed = run.started + run.kill.at + 3 * config.lease
+            run.phase = "waiting for the killed worker's lease to run out"
             await anyio.sleep(max(0.0, reclaimed - time.perf_counter()))
         live = [child for child in run.workers if not child.killed]
         # One stop message for each live worker, behind every job in the queue.
         await client.lpush(queue_key(run.name), [STOP] * len(live))
+        run.phase = "waiting for the workers to finish"
         for child in live:
             await child.exited.wait()
+        run.phase = "scanning Redis"
         run.left = await keys_left(client, run.name)
 
 
@@ -649,19 +654,17 @@ async def show_progress(run: Run) -> None:
         task = bar.add_task("jobs", total=run.config.jobs, detail="")
         while True:
             live = [child for child in run.workers if not child.killed]
-            killed = (
-                f"worker {run.kill.worker} killed with {len(run.kill.in_flight)} jobs  "
-                if run.kill
-                else ""
-            )
-            bar.update(
-                task,
-                completed=run.answered,
-                detail=f"{killed}workers {len(live)}  "
+            detail = (
+                f"workers {len(live)}/{len(run.workers)}  "
                 f"running {run.total(live, 'busy')}  "
                 f"re-submitted {run.total(run.apis, 'resubmitted')}  "
-                f"late {run.total(live, 'late')}",
+                f"late {run.total(live, 'late')}"
             )
+            if run.kill:
+                detail += f"  (the killed one held {len(run.kill.in_flight)})"
+            if run.phase:
+                detail = f"{detail}  - {run.phase}"
+            bar.update(task, completed=run.answered, detail=detail)
             await anyio.sleep(PROGRESS_INTERVAL)
 
 
