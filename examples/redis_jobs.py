@@ -17,6 +17,8 @@ What the run does (every process is this script, on the same ``--backend``):
 * each worker takes up to ``--slots`` jobs at a time from the queue with
   ``BLMOVE``, into a list of its own (the jobs it holds), works on each for a
   random 5-25 ms, ``wake``\\s the result, then removes the job from its list;
+  the first run of a few jobs (``--stuck``, 3) gets stuck instead, for 1.5
+  times the deadline below, as a call to a slow service sometimes does;
 * once 40 % of the results are in, the parent SIGKILLs a worker while it holds
   jobs (it stops the worker, looks at its list, and kills it if the list is not
   empty; else it lets it go on and tries again).
@@ -30,16 +32,18 @@ doing so until a result comes. The registration stays in place all along (the
 re-submission happens inside the same ``expect`` block), so the first result of
 any run of the job is the one delivered, and none is missed between two
 attempts. Jobs are therefore run at least once, not exactly once: a job that
-was only slow may run twice. The killed worker's list of held jobs is read by
-the parent, only to report how many jobs were in flight, and then deleted.
+was only slow (a stuck one, or any on a machine overloaded for seconds) runs
+twice. The killed worker's list of held jobs is read by the parent, only to
+report how many jobs were in flight, and then deleted.
 
 What counts as a duplicate, and what the map guarantees (see the docs' "Across
 processes" page): a result handed to a taker is returned by one task, so no job
 is answered twice and no result reaches two callers ("delivered twice" must be
 0; "woke" by each live worker must equal the results received from it). A job
-that ran again after its first result was delivered (it was re-submitted while
-its first run was still going) produces a second result, which ``wake`` returns
-as ``NoMatch``: nobody awaits it any more. These are "late results", allowed,
+that ran twice (it was re-submitted while its first run was still going, as
+each stuck job is) produces a second result after the first was delivered,
+which ``wake`` returns as ``NoMatch``: nobody awaits it any more, and the
+worker knows that its result was not needed. These are "late results", allowed,
 and each needs a re-submission, so there cannot be more of them than
 re-submissions. The dead worker's own count of late results died with it.
 
@@ -95,6 +99,7 @@ BACKENDS = ("asyncio", "asyncio+uvloop", "trio")
 SCRIPT = os.path.abspath(__file__)  # every process runs this script
 
 WORK_TIME = (0.005, 0.025)  # seconds a job takes to run
+STUCK_FOR = 1.5  # a stuck job takes this many times --resubmit-after
 KILL_AFTER = 0.4  # share of the results that are in when a worker is killed
 REPORT_INTERVAL = 0.2  # children report their counts this often
 PROGRESS_INTERVAL = 0.1
@@ -114,6 +119,7 @@ class Config:
     concurrency: int
     slots: int
     resubmit_after: float
+    stuck: int
     lease: float
     seed: int
     time_limit: float
@@ -132,6 +138,7 @@ class Config:
             f"--concurrency={self.concurrency}",
             f"--slots={self.slots}",
             f"--resubmit-after={self.resubmit_after}",
+            f"--stuck={self.stuck}",
             f"--lease={self.lease}",
             f"--seed={self.seed}",
             f"--role={role}",
@@ -144,6 +151,17 @@ class Config:
 def answer(payload: str) -> str:
     """What a job computes."""
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def stuck_jobs(config: Config) -> set[int]:
+    """The jobs that take longer than the re-submission deadline: the same in
+    every API process, chosen with the seed."""
+    rng = random.Random(f"{config.seed}/stuck")
+    return set(rng.sample(range(config.jobs), min(config.stuck, config.jobs)))
+
+
+def stuck_time(config: Config) -> float:
+    return STUCK_FOR * config.resubmit_after
 
 
 def queue_key(name: str) -> str:
@@ -242,27 +260,36 @@ class Api:
 
     async def run(self) -> None:
         config = self.config
-        share = config.jobs // config.api + int(config.index < config.jobs % config.api)
+        stuck = stuck_jobs(config)
         slots = anyio.Semaphore(config.concurrency)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._report)
             async with anyio.create_task_group() as calls:
-                for number in range(share):
+                # This process's share of the jobs: every api-th one.
+                for number in range(config.index, config.jobs, config.api):
                     await slots.acquire()
-                    job_id = f"{config.index}-{number}"
-                    payload = self.rng.randbytes(16).hex()
-                    calls.start_soon(self._call, slots, job_id, payload)
+                    work = self.rng.uniform(*WORK_TIME)
+                    job = {
+                        "id": str(number),
+                        "payload": self.rng.randbytes(16).hex(),
+                        # Seconds the worker takes: on the first attempt (the
+                        # stuck ones longer), and on later ones.
+                        "first": stuck_time(config) if number in stuck else work,
+                        "work": work,
+                        "attempt": 0,
+                    }
+                    calls.start_soon(self._call, slots, job)
             tg.cancel_scope.cancel()
 
-    async def _call(self, slot: anyio.Semaphore, job_id: str, payload: str) -> None:
+    async def _call(self, slot: anyio.Semaphore, job: dict[str, Any]) -> None:
         try:
-            await self._await_result(job_id, payload)
+            await self._await_result(job)
         finally:
             slot.release()
 
-    async def _await_result(self, job_id: str, payload: str) -> None:
+    async def _await_result(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
         started = time.perf_counter()
-        job = json.dumps({"id": job_id, "payload": payload})
         # Register for the result, then publish the job: a result that comes
         # back at once finds its registration. The registration stays while
         # the job is re-submitted, so whichever run answers first is delivered.
@@ -270,7 +297,7 @@ class Api:
             self.results.expect(job_id) as result,
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(self._submit, job_id, job)
+            tg.start_soon(self._submit, job)
             reply = await result
             tg.cancel_scope.cancel()
         self.latencies.append(time.perf_counter() - started)
@@ -278,22 +305,22 @@ class Api:
             self.delivered_twice += 1
         self._seen.add(job_id)
         self.answered += 1
-        if reply["answer"] != answer(payload):
+        if reply["answer"] != answer(job["payload"]):
             self.wrong += 1
         worker = reply["worker"]
         self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
         if job_id in self.resubmitted_answered_by:
             self.resubmitted_answered_by[job_id] = worker
 
-    async def _submit(self, job_id: str, job: str) -> None:
+    async def _submit(self, job: dict[str, Any]) -> None:
         """Push the job, and push it again every ``resubmit_after`` seconds
         until the result comes (the caller cancels this then)."""
-        await self.client.lpush(queue_key(self.config.name), [job])
         while True:
+            job["attempt"] += 1
+            await self.client.lpush(queue_key(self.config.name), [json.dumps(job)])
             await anyio.sleep(self.config.resubmit_after)
             self.resubmitted += 1
-            self.resubmitted_answered_by[job_id] = -1
-            await self.client.lpush(queue_key(self.config.name), [job])
+            self.resubmitted_answered_by[job["id"]] = -1
 
     async def _report(self) -> None:
         while True:
@@ -379,7 +406,7 @@ class Worker:
 
     async def _run_job(self, slot: anyio.Semaphore, held: str, raw: bytes) -> None:
         job = json.loads(raw)
-        await anyio.sleep(self.rng.uniform(*WORK_TIME))
+        await anyio.sleep(job["first"] if job["attempt"] == 1 else job["work"])
         result = {"answer": answer(job["payload"]), "worker": self.config.index}
         outcome = await self.results.wake(job["id"], result)
         self.executed += 1
@@ -781,7 +808,8 @@ class Report:
             (
                 "jobs",
                 f"{config.jobs} ({WORK_TIME[0] * 1000:g}-{WORK_TIME[1] * 1000:g} ms "
-                f"each, seed {config.seed})",
+                f"each; the first run of {min(config.stuck, config.jobs)} stuck for "
+                f"{stuck_time(config):g} s; seed {config.seed})",
             ),
             ("wall time", f"{wall_time:.1f} s (first job to last result)"),
             (
@@ -802,8 +830,8 @@ class Report:
             ("delivered twice", f"{sum(done['delivered_twice'] for done in apis)}"),
             (
                 "late results",
-                f"{self.late()} (a re-submitted job's second result: wake() "
-                f"returned NoMatch)",
+                f"{self.late()} (a job's second result, after the first was "
+                f"delivered: wake() returned NoMatch)",
             ),
             (
                 "left in redis",
@@ -872,6 +900,10 @@ def parse_args(argv: list[str] | None) -> Config:
         help="push a job again when its result has not come for this long",
     )  # fmt: skip
     parser.add_argument(
+        "--stuck", type=int, default=3, metavar="N",
+        help="jobs that take 1.5 times --resubmit-after (default: 3)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lease", type=float, default=2.0, metavar="SECONDS",
         help="the map's lease: a dead process is reclaimed after it",
     )  # fmt: skip
@@ -890,6 +922,7 @@ def parse_args(argv: list[str] | None) -> Config:
     if urlsplit(args.url).scheme not in ("redis", "rediss"):
         parser.error("--url must be a redis:// or rediss:// URL")
     for option, least in (
+        ("stuck", 0),
         ("jobs", 1),
         ("api", 1),
         ("workers", 2),
@@ -911,6 +944,7 @@ def parse_args(argv: list[str] | None) -> Config:
         concurrency=args.concurrency,
         slots=args.slots,
         resubmit_after=args.resubmit_after,
+        stuck=args.stuck,
         lease=args.lease,
         seed=seed,
         time_limit=args.time_limit,

@@ -1,12 +1,13 @@
 """Run the multi-process demo (examples/redis_jobs.py) on each backend, against
 a redis-server started by the test, and once against a 3-primary Cluster.
 
-Each run is small (300 jobs, 2 API processes, 3 workers), and one worker is
-SIGKILLed while it holds jobs; the demo's summary must account for every job.
-Re-submissions and late results depend on the machine's load (a loaded machine
-makes some jobs slower than the re-submission deadline), so they are not
-asserted, except that there are no more late results than re-submissions (the
-demo checks that itself too).
+Each run is small (300 jobs, 2 API processes, 3 workers, the first run of 3
+jobs stuck past the re-submission deadline), and one worker is SIGKILLed while
+it holds jobs; the demo's summary must account for every job. How many jobs are
+re-submitted, and how many late results come back, depends on where the stuck
+and the killed jobs ran and on the machine's load (a loaded machine makes some
+jobs slower than the deadline), so only bounds are asserted: no more late
+results than re-submissions (the demo checks that itself too).
 """
 
 from __future__ import annotations
