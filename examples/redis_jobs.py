@@ -81,6 +81,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -525,8 +526,10 @@ class Run:
     started: float = 0.0
     finished: float = 0.0
     kill: Kill | None = None
-    left: list[bytes] = field(default_factory=list[bytes])
+    #: The keys found in Redis at the end (None: the run did not get there).
+    left: list[bytes] | None = None
     timed_out: bool = False
+    error: str = ""
     #: What the parent waits for once the results are in (shown by the bar).
     phase: str = ""
 
@@ -600,6 +603,7 @@ async def drive(config: Config, run: Run, tg: anyio.abc.TaskGroup) -> None:
         for child in live:
             await child.exited.wait()
         run.phase = "scanning Redis"
+        await forget_the_killed_worker(run, client)
         run.left = await keys_left(client, run.name)
 
 
@@ -642,8 +646,22 @@ async def kill_a_worker(config: Config, run: Run, client: Any) -> None:
         answered=run.answered,
         in_flight=[json.loads(job)["id"] for job in jobs],
     )
-    # What it held is answered through the API side's re-submissions: its
-    # list is of no further use.
+
+
+async def forget_the_killed_worker(run: Run, client: Any) -> None:
+    """Delete the killed worker's list, which is of no further use: what it
+    held is answered through the API side's re-submissions.
+
+    Not at once: Redis may hand it one more job between the kill and the moment
+    it notices the closed connection (a BLMOVE that was waiting), which then
+    goes to the list. Such a job was in flight too."""
+    if run.kill is None:
+        return
+    held = held_key(run.name, run.kill.worker)
+    for job in await client.lrange(held, 0, -1):
+        job_id = json.loads(job)["id"]
+        if job_id not in run.kill.in_flight:
+            run.kill.in_flight.append(job_id)
     await client.delete([held])
 
 
@@ -742,7 +760,11 @@ class Report:
                 f"{late} late results for {resubmitted} re-submissions: "
                 f"a job ran more often than it was submitted"
             )
-        if run.left:
+        if run.error:
+            problems.append(f"the run failed: {run.error}")
+        if run.left is None:
+            problems.append("Redis was not scanned")
+        elif run.left:
             problems.append(f"keys left in Redis: {len(run.left)}")
         return problems
 
@@ -758,7 +780,10 @@ class Report:
         apis = [child.done for child in run.apis if child.done is not None]
         latencies = [value for done in apis for value in done["latencies"]]
         answered = sum(done["answered"] for done in apis)
+        # From the first job to the last result (0: the jobs did not start).
         wall_time = (run.finished or time.perf_counter()) - run.started
+        if not run.started:
+            wall_time = 0.0
         if latencies:
             latency = (
                 f"p50 {percentile(latencies, 50) * 1000:.1f} ms, "
@@ -835,7 +860,10 @@ class Report:
             ),
             (
                 "left in redis",
-                f"{len(run.left)} keys" + (f": {run.left[:5]}" if run.left else ""),
+                "not scanned"
+                if run.left is None
+                else f"{len(run.left)} keys"
+                + (f": {run.left[:5]}" if run.left else ""),
             ),
             ("result", "FAILED: " + "; ".join(problems) if problems else "OK"),
         ]
@@ -863,9 +891,16 @@ def percentile(values: list[float], pct: float) -> float:
 async def run_parent(config: Config) -> Report:
     name = f"redis-jobs-{secrets.token_hex(4)}"
     run = Run(config, name)
-    with anyio.move_on_after(config.time_limit) as scope:
-        await supervise(config, name, run)
-    run.timed_out = scope.cancelled_caught
+    try:
+        with anyio.move_on_after(config.time_limit) as scope:
+            await supervise(config, name, run)
+    except Exception as exc:  # the summary says what failed, and fails
+        traceback.print_exc()
+        while len(inner := getattr(exc, "exceptions", ())) == 1:
+            exc = inner[0]  # the one error in the task groups' groups
+        run.error = f"{type(exc).__name__}: {exc}"
+    else:
+        run.timed_out = scope.cancelled_caught
     return Report(run)
 
 
