@@ -89,7 +89,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import coredis
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from coredis.connection import TCPLocation
 
@@ -206,21 +206,6 @@ def emit(**event: Any) -> None:
     sys.stdout.flush()
 
 
-async def stdin_lines() -> AsyncIterator[str]:
-    """The lines the parent sends; they end when it closes the pipe (or dies)."""
-    fd = sys.stdin.fileno()
-    buffer = b""
-    while True:
-        await anyio.wait_readable(fd)
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.decode()
-
-
 @dataclass
 class Parent:
     """What the parent says on this process's standard input."""
@@ -230,9 +215,14 @@ class Parent:
 
     async def listen(self, scope: anyio.CancelScope) -> None:
         """Set ``go`` when the parent says so; cancel ``scope`` if the parent
-        goes away (its end of the pipe closes)."""
-        async for line in stdin_lines():
-            if line == "go":
+        goes away (its end of the pipe closes, even if it was killed)."""
+        fd = sys.stdin.fileno()
+        while True:
+            await anyio.wait_readable(fd)
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            if b"go\n" in data:  # the only thing it says
                 self.go.set()
         self.gone = True
         scope.cancel()
@@ -329,11 +319,7 @@ class Api:
             await anyio.sleep(REPORT_INTERVAL)
 
     def _counts(self) -> dict[str, Any]:
-        return {
-            "answered": self.answered,
-            "resubmitted": self.resubmitted,
-            "waiting": self.results.statistics().tasks_waiting,
-        }
+        return {"answered": self.answered, "resubmitted": self.resubmitted}
 
     def final(self) -> dict[str, Any]:
         return {
@@ -374,7 +360,6 @@ class Worker:
     config: Config
     client: Any
     results: RedisWaitMap[Any]
-    rng: random.Random
     executed: int = 0
     woke: int = 0
     late: int = 0
@@ -447,8 +432,7 @@ async def run_worker(config: Config) -> int:
     ):
         tg.start_soon(parent.listen, tg.cancel_scope)
         emit(event="ready", pid=os.getpid())
-        rng = random.Random(f"{config.seed}/worker {config.index}")
-        worker = Worker(config, client, results, rng)
+        worker = Worker(config, client, results)
         await worker.run()
         emit(event="done", **worker.counts())
         tg.cancel_scope.cancel()
@@ -572,7 +556,7 @@ async def supervise(config: Config, name: str, run: Run) -> None:
                     await child.process.aclose()
 
 
-async def drive(config: Config, run: Run, tg: anyio.abc.TaskGroup) -> None:
+async def drive(config: Config, run: Run, tg: TaskGroup) -> None:
     everyone = run.apis + run.workers
     with anyio.fail_after(READY_TIMEOUT):
         for child in everyone:
