@@ -36,24 +36,27 @@ was only slow (a stuck one, or any on a machine overloaded for seconds) runs
 twice. The killed worker's list of held jobs is read by the parent, only to
 report how many jobs were in flight, and then deleted.
 
-What counts as a duplicate, and what the map guarantees (see the docs' "Across
-processes" page): a result handed to a taker is returned by one task, so no job
-is answered twice and no result reaches two callers ("delivered twice" must be
-0; "woke" by each live worker must equal the results received from it). A job
-that ran twice (it was re-submitted while its first run was still going, as
-each stuck job is) produces a second result after the first was delivered,
-which ``wake`` returns as ``NoMatch``: nobody awaits it any more, and the
-worker knows that its result was not needed. These are "late results", allowed,
-and each needs a re-submission, so there cannot be more of them than
-re-submissions. The dead worker's own count of late results died with it.
+What counts as a duplicate, and what the map guarantees (the docs' "Across
+processes" page): a result handed to a taker is returned by exactly one task
+while the taker's process lives (it can be returned twice only if that process
+dies between returning it and acknowledging it to Redis; the API processes do
+not die here). So no job is answered twice and no result reaches two callers
+("delivered twice" must be 0; what each live worker's ``wake`` calls counted as
+woken must equal the results received from that worker). A job that ran twice
+(it was re-submitted while its first run was still going, as each stuck job is)
+produces a second result after the first was delivered, which ``wake`` returns
+as ``NoMatch``: nobody awaits it any more, and the worker knows that its result
+was not needed. These are "late results", allowed, and each needs a
+re-submission, so there cannot be more of them than re-submissions. The dead
+worker's own count of late results died with it.
 
 The dead worker's instance of the map held nothing (a worker only wakes), but
-it is listed among the map's instances until the others reclaim it, after its
-lease (``--lease``, 2 s here, 10 s by default in the library) has run out. The
-workers keep running long enough for that, then each takes a stop message from
-the queue (behind every job) and leaves. Finally the parent scans Redis with a
-client of its own: the map's keys (``wm:{<name>|...}`` and ``wm:{<name>}:...``)
-and the queue's (``jobs:{<name>}:...``) must all be gone.
+it is listed among the map's instances until the others reclaim it, at most 1.5
+leases after its last refresh (``--lease``: 2 s here, 10 s by default in the
+library). The workers keep running for 3 leases after the kill, then each takes
+a stop message from the queue (behind every job) and leaves. Finally the parent
+scans Redis with a client of its own: the map's keys (``wm:{<name>|...}`` and
+``wm:{<name>}:...``) and the queue's (``jobs:{<name>}:...``) must all be gone.
 
 The exit status is 1 if a job was lost or answered wrongly, if a result was
 delivered twice, if there are more late results than re-submissions, if a
