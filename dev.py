@@ -2,6 +2,12 @@
 """Set up virtual environments and run the demo, the tests or the benchmarks.
 
     python3 dev.py demo [ARGS...]  run examples/rpc_mux.py (ARGS go to the demo)
+    python3 dev.py demo --redis [--cluster] [ARGS...]
+                                   run examples/redis_jobs.py, the multi-process
+                                   demo, against a redis-server (a 3-primary
+                                   Redis Cluster with --cluster) started for it,
+                                   and stopped after it; redis-server and
+                                   redis-cli must be installed
     python3 dev.py test [ARGS...]  what CI runs (ARGS go to every pytest run;
                                    without ARGS, 100% branch coverage is required):
       1. in .venv, with this Python: ruff, mypy, pyright, the docs (html, doctest)
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import email.parser
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -59,6 +66,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent
@@ -152,7 +160,34 @@ def dev_venv(path: Path, command: str) -> Path:
 
 
 def demo(python: Path, args: list[str]) -> None:
-    run(python, ROOT / "examples" / "rpc_mux.py", *args)
+    if "--redis" not in args:
+        run(python, ROOT / "examples" / "rpc_mux.py", *args)
+        return
+    args = [arg for arg in args if arg != "--redis"]
+    cluster = "--cluster" in args
+    # The tests' module that starts Redis servers: standard library only. Its
+    # servers are stopped when the `with` block ends, however it ends (an
+    # atexit handler of its own catches the rest).
+    servers = load_module(ROOT / "tests" / "redis" / "redis_servers.py")
+    try:
+        servers.redis_binaries()
+    except servers.RedisNotInstalledError as exc:
+        sys.exit(f"dev.py demo --redis: {exc}")
+    what = "a 3-primary Redis Cluster" if cluster else "a redis-server"
+    print(f"Starting {what} for the demo...", flush=True)
+    with servers.RedisCluster() if cluster else servers.RedisServer() as server:
+        run(python, ROOT / "examples" / "redis_jobs.py", f"--url={server.url()}", *args)
+
+
+def load_module(path: Path) -> ModuleType:
+    """The module in the file at ``path``, imported under its file's name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # for its dataclasses
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass
@@ -560,16 +595,22 @@ def main() -> None:
         choices=[suite.name for suite in SUITES], help="test: run only this suite",
     )  # fmt: skip
     parser.add_argument(
-        "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+        "--jobs", type=int, default=None,
         help="test: how many suites run at a time (default: 2)",
     )  # fmt: skip
     # Everything else goes to the demo, pytest, bench or mutmut.
     options, args = parser.parse_known_args()
     if options.python and options.command != "test":
         parser.error("--python goes with the test command only")
+    if options.jobs is not None and options.command == "demo":
+        # The Redis demo's own --jobs (how many jobs it runs).
+        args.append(f"--jobs={options.jobs}")
+    elif options.jobs is not None and options.command != "test":
+        parser.error("--jobs goes with the test command (or the demo) only")
     venv = options.venv.resolve()
     if options.command == "test":
-        test(venv, args, options.python, max(1, options.jobs))
+        jobs = min(2, os.cpu_count() or 1) if options.jobs is None else options.jobs
+        test(venv, args, options.python, max(1, jobs))
     else:
         run_command = {"demo": demo, "bench": bench, "mutate": mutate}[options.command]
         run_command(dev_venv(venv, options.command), args)
