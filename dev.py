@@ -81,6 +81,7 @@ BENCHMARKS = (
     ("hotpath", ["--repeat", "5"]),
     ("steps", ["--rounds", "11"]),
     ("breakdown", []),
+    ("redis_handover", ["--rounds", "2", "--profile"]),
 )
 # wakers.py runs the scenarios of these scripts into one report (wakers.json);
 # the smoke run also runs each of them alone.
