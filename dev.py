@@ -81,7 +81,7 @@ BENCHMARKS = (
     ("hotpath", ["--repeat", "5"]),
     ("steps", ["--rounds", "11"]),
     ("breakdown", []),
-    ("redis_handover", ["--rounds", "2", "--profile"]),
+    ("redis_handover", ["--rounds", "2", "--throughput-rounds", "3", "--profile"]),
 )
 # wakers.py runs the scenarios of these scripts into one report (wakers.json);
 # the smoke run also runs each of them alone.
