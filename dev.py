@@ -92,7 +92,10 @@ BENCHMARKS = (
     ("hotpath", ["--repeat", "5"]),
     ("steps", ["--rounds", "11"]),
     ("breakdown", []),
+    ("redis_handover", ["--rounds", "2", "--throughput-rounds", "3", "--profile"]),
 )
+# The benchmarks that start Redis servers (see redis_missing()).
+REDIS_BENCHMARKS = frozenset({"redis_handover"})
 # wakers.py runs the scenarios of these scripts into one report (wakers.json);
 # the smoke run also runs each of them alone.
 WAKERS_SCENARIOS = ("wakers_idle", "wakers_ping_pong", "wakers_thread", "wakers_burst")
@@ -552,6 +555,9 @@ def bench(python: Path, args: list[str]) -> None:
     benchmarks = list(BENCHMARKS)
     if quick:
         benchmarks += [(name, []) for name in WAKERS_SCENARIOS]
+    no_redis = redis_missing()
+    if no_redis:
+        benchmarks = [(n, a) for n, a in benchmarks if n not in REDIS_BENCHMARKS]
     for name, full_run in benchmarks:
         command: list[str | Path] = [python, ROOT / "benchmarks" / f"{name}.py"]
         command += ["--quick"] if quick else full_run
@@ -575,6 +581,8 @@ def bench(python: Path, args: list[str]) -> None:
         if process.returncode:
             sys.exit(process.returncode)
     run(python, ROOT / "benchmarks" / "chart.py", *(["--quick"] if quick else []))
+    if no_redis:
+        print(f"Not run: {', '.join(sorted(REDIS_BENCHMARKS))}. {no_redis}")
 
 
 def mutate(python: Path, args: list[str]) -> None:

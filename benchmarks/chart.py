@@ -68,6 +68,13 @@ LABELS = {
     "trio_event_burst": "raw: a thread-safe call per notify",
     "aiologic_revent_burst": "aiologic.REvent.set",
     "source_burst": "WakeSource.notify",
+    # redis_handover.py: across processes, through Redis.
+    "raw_pubsub": "raw: PUBLISH -> subscriber (SPUBLISH on a Cluster)",
+    "raw_list": "raw: LPUSH -> BLPOP",
+    "waitmap": "RedisWaitMap expect + wake",
+    "waitmap_ahead": "RedisWaitMap, next key registered ahead",
+    "raw_pubsub_pipelined": "raw: pipelined PUBLISH (SPUBLISH)",
+    "waitmap_wake": "RedisWaitMap wake, all at once",
 }
 
 
@@ -109,6 +116,40 @@ def by_loop(scenario: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
+def redis_panels() -> list[tuple[str, dict[str, dict[str, float]]]]:
+    """Panels of redis_handover.json, if it is there: p50 of the ping-pong,
+    and time per value of the throughput with 4 waking processes."""
+    path = RESULTS / "redis_handover.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    panels = []
+    for deploy, where in (("redis", "Redis"), ("cluster", "3-primary Redis Cluster")):
+        ping_pong = report[deploy]["ping_pong"]
+        panels.append((
+            f"across processes, ping-pong on {where}\n(p50 per round trip)",
+            {
+                loop: {row: data["p50"] for row, data in rows.items()}
+                for loop, rows in ping_pong.items()
+            },
+        ))  # fmt: skip
+    for deploy, where in (("redis", "Redis"), ("cluster", "Redis Cluster")):
+        throughput = report[deploy]["throughput"]
+        panels.append((
+            f"across processes, 4 waking processes to one on {where}\n"
+            "(time per value delivered)",
+            {
+                loop: {
+                    # Keyed apart from the ping-pong's row of the same name.
+                    ("waitmap_wake" if row == "waitmap" else row): 1 / data["delivered"]
+                    for row, data in by_wakers["4"].items()
+                }
+                for loop, by_wakers in throughput.items()
+            },
+        ))  # fmt: skip
+    return panels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -132,6 +173,7 @@ def main() -> None:
     for key in threads + bursts:
         title = key.replace(" (per", "\n(per")
         panels.append((title, by_loop(wakers[key])))
+    panels += redis_panels()
     columns = 3
     lines = -(-len(panels) // columns)
     figure, axes = plt.subplots(lines, columns, figsize=(17, 4.8 * lines))

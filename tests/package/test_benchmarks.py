@@ -75,3 +75,29 @@ def test_the_chart_labels_every_row_it_draws(bench: dict[str, ModuleType]) -> No
             drawn |= {row.__name__ for rows in scenario.rows.values() for row in rows}
     unlabelled = drawn - set(chart.LABELS) - chart.ABLATIONS
     assert not unlabelled, f"add these rows to LABELS in chart.py: {unlabelled}"
+
+
+def test_redis_handover_compares_with_raw_pubsub_first() -> None:
+    # Imported without coredis (the lowest-versions runs have none): the
+    # workers import it when they run a row.
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import redis_handover
+    finally:
+        sys.path.remove(str(ROOT))
+    # The ratios and the targets are to the first row of each table.
+    assert redis_handover.PING_PONG_ROWS[0] == "raw_pubsub"
+    assert redis_handover.THROUGHPUT_ROWS[0] == "raw_pubsub_pipelined"
+    assert set(redis_handover.PING_PONG_ROWS) == set(redis_handover.PING_PONG_SIDES)
+    assert redis_handover.WAKERS == (1, 2, 4)
+
+
+def test_the_chart_labels_the_redis_rows(bench: dict[str, ModuleType]) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import redis_handover
+    finally:
+        sys.path.remove(str(ROOT))
+    rows = {*redis_handover.PING_PONG_ROWS, *redis_handover.THROUGHPUT_ROWS}
+    unlabelled = rows - set(bench["chart"].LABELS)
+    assert not unlabelled, f"add these rows to LABELS in chart.py: {unlabelled}"
