@@ -730,6 +730,12 @@ def main() -> None:
                 "percentiles_us": ranks,
                 "round_trips": len(samples[(loop, mechanism.name)]),
             }
+    # The machine is shared: the load at the end says whether other work
+    # came and went during the run (the start's is in "machine").
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    report["load_average_end"] = load
+    if load is not None:
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in load)}")
     if options.json:
         with open(options.json, "w") as file:
             json.dump(report, file, indent=1)

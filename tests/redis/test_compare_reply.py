@@ -3,7 +3,8 @@ cleanly: a row whose server (nats-server, PostgreSQL) or client library is
 missing is reported as skipped, with its reason, and the run still succeeds.
 
 The script starts its own servers; this runs it with ``--quick`` (a few round
-trips per row, timings meaningless) in a child process.
+trips per row, timings meaningless) in a child process; and
+benchmarks/compare_cancel.py likewise, whose RedisWaitMap rows lose nothing.
 """
 
 from __future__ import annotations
@@ -72,3 +73,29 @@ def test_missing_servers_skip_their_rows_only(tmp_path: Path) -> None:
     for name in ASYNCIO_ONLY_ROWS:
         assert "is not a program" in report["skipped"][name], report["skipped"]
         assert f"skipped {name}: " in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_cancel_counts_lose_nothing_of_the_map(tmp_path: Path) -> None:
+    report_path = tmp_path / "compare_cancel.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compare_cancel.py"),
+            "--quick",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    rows = report["counts"]
+    assert len(rows) == 8, rows
+    for row, counts in rows.items():
+        assert sum(counts.values()) == report["trials"], (row, counts)
+        if "RedisWaitMap" in row:
+            assert "lost" not in counts, (row, counts)
