@@ -64,7 +64,9 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+# Files whose name starts with "_" are fragments that pages include
+# (``.. include:: _redis_comparison.rst``), not pages of their own.
+exclude_patterns = ["_build", "_*.rst"]
 html_theme = "alabaster"
 html_static_path: list[str] = []  # images are referenced from _static directly
 
