@@ -814,9 +814,10 @@ class RedisWaitMap(Generic[V]):
                         if kind == "message":
                             self._on_bell(cast("bytes", message["data"]))
                         elif kind == "sunsubscribe":
-                            break  # the slot of a channel moved
-                # Subscribe again at once.
-                delay = 0
+                            # The slot of a channel moved: subscribe again at
+                            # once (and back off if that fails).
+                            delay = 0
+                            break
             except (
                 *_Errors,
                 coredis.exceptions.RedisError,
@@ -831,7 +832,7 @@ class RedisWaitMap(Generic[V]):
                     raise
             self._subscribed = False
             await anyio.sleep(delay)
-            delay = min(delay * 2, _MAX_DELAY)
+            delay = min(max(delay * 2, _FIRST_DELAY), _MAX_DELAY)
 
     def _subscription(
         self, client: _Client, channels: list[str]
