@@ -8,11 +8,13 @@ real processes. What an instance leaves in Redis is checked with SCAN.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import coredis.exceptions
@@ -204,6 +206,47 @@ class TestHandOver:
             assert await a.cancel(7) == 0
             await settle(a, b)
             assert leftovers(redis_server) == []
+
+
+class TestOtherThreads:
+    """Other threads reach an instance through the event loop that opened it,
+    as docs/redis.rst says."""
+
+    async def test_a_worker_thread_wakes_through_from_thread_run(
+        self, redis_server: RedisServer
+    ) -> None:
+        async with opened(redis_server) as wm:
+            got: list[object] = []
+
+            async def taker() -> None:
+                got.append(await wm.take("k"))
+
+            def in_a_thread() -> object:
+                return anyio.from_thread.run(wm.wake, "k", b"from a thread")
+
+            async with create_task_group() as tg:
+                tg.start_soon(taker)
+                await eventually(lambda: wm.statistics().keys_waiting == 1)
+                assert await anyio.to_thread.run_sync(in_a_thread) == Woke(1)
+            assert got == [b"from a thread"]
+            await settle(wm)
+            assert leftovers(redis_server) == []
+
+    def test_any_thread_through_a_blocking_portal(
+        self, redis_server: RedisServer, anyio_backend: Any
+    ) -> None:
+        backend, options = (
+            anyio_backend if isinstance(anyio_backend, tuple) else (anyio_backend, {})
+        )
+        with anyio.from_thread.start_blocking_portal(backend, options) as portal:
+            wm = RedisWaitMap.connect(redis_server.url(), name=NAME)
+            with portal.wrap_async_context_manager(wm):
+                taken = portal.start_task_soon(wm.take, "k")
+                while not wm.statistics().keys_waiting:  # registered in Redis
+                    time.sleep(0.01)
+                assert portal.call(wm.wake, "k", b"from outside") == Woke(1)
+                assert taken.result(timeout=10) == b"from outside"
+        assert leftovers(redis_server) == []
 
 
 class TestKeysAndValues:
