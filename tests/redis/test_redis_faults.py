@@ -52,9 +52,11 @@ LAYOUT = Layout(NAME)
 LEASE = 1.0
 
 
-def open_map(server: RedisServer | str, timeout: float = 1.0) -> RedisWaitMap[Any]:
+def open_map(
+    server: RedisServer | str, timeout: float = 1.0, lease: float = LEASE
+) -> RedisWaitMap[Any]:
     url = server if isinstance(server, str) else server.url()
-    return RedisWaitMap.connect(url, name=NAME, lease=LEASE, timeout=timeout)
+    return RedisWaitMap.connect(url, name=NAME, lease=lease, timeout=timeout)
 
 
 async def map_keys(server: RedisServer) -> list[bytes]:
@@ -268,9 +270,12 @@ async def test_parked_waiters_carry_on_after_redis_refused_writes_for_a_while(
     async def take(wm: RedisWaitMap[Any]) -> None:
         got.append(await wm.take("k"))
 
+    # Refused for longer than a refresh period (a third of the lease), not
+    # for as long as the lease: nobody is reclaimed, however slow the machine.
+    lease = 6.0
     async with (
-        open_map(redis_server) as waiting,
-        open_map(redis_server) as waker,
+        open_map(redis_server, lease=lease) as waiting,
+        open_map(redis_server, lease=lease) as waker,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(take, waiting)
@@ -278,7 +283,7 @@ async def test_parked_waiters_carry_on_after_redis_refused_writes_for_a_while(
         await anyio.to_thread.run_sync(
             redis_server.execute, "CONFIG", "SET", "maxmemory", "1"
         )
-        await anyio.sleep(LEASE)  # past a refresh of each lease
+        await anyio.sleep(lease / 2)  # past a refresh of each lease
         await anyio.to_thread.run_sync(
             redis_server.execute, "CONFIG", "SET", "maxmemory", "0"
         )
