@@ -172,10 +172,9 @@ def demo(python: Path, args: list[str]) -> None:
     # servers are stopped when the `with` block ends, however it ends (an
     # atexit handler of its own catches the rest).
     servers = load_module(ROOT / "tests" / "redis" / "redis_servers.py")
-    try:
-        servers.redis_binaries()
-    except servers.RedisNotInstalledError as exc:
-        sys.exit(f"dev.py demo --redis: {exc}")
+    missing = redis_missing()
+    if missing:
+        sys.exit(f"dev.py demo --redis: {missing}")
     what = "a 3-primary Redis Cluster" if cluster else "a redis-server"
     print(f"Starting {what} for the demo...", flush=True)
     with servers.RedisCluster() if cluster else servers.RedisServer() as server:
@@ -183,7 +182,10 @@ def demo(python: Path, args: list[str]) -> None:
 
 
 def load_module(path: Path) -> ModuleType:
-    """The module in the file at ``path``, imported under its file's name."""
+    """The module in the file at ``path``, imported under its file's name
+    (once)."""
+    if path.stem in sys.modules:
+        return sys.modules[path.stem]
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None
     assert spec.loader is not None
@@ -214,11 +216,8 @@ SUITES = [Suite(v, v) for v in PYTHONS] + [
 
 def redis_missing() -> str | None:
     """Why tests/redis cannot run here (no Redis 7.0 or newer), or None."""
-    sys.path.insert(0, str(ROOT / "tests" / "redis"))
-    try:
-        import redis_servers  # the tests' own finder, standard library only
-    finally:
-        sys.path.pop(0)
+    # The tests' own finder, standard library only.
+    redis_servers = load_module(ROOT / "tests" / "redis" / "redis_servers.py")
     try:
         binaries = redis_servers.redis_binaries()
     except redis_servers.RedisNotInstalledError as exc:
@@ -226,7 +225,7 @@ def redis_missing() -> str | None:
     if binaries.server_version < REDIS_VERSION:
         found = ".".join(map(str, binaries.server_version))
         return (
-            f"{binaries.server} is Redis {found}; the tests need 7.0 or newer "
+            f"{binaries.server} is Redis {found}; 7.0 or newer is needed "
             f"(sharded pub/sub). {redis_servers.INSTALL_HINT}"
         )
     return None
