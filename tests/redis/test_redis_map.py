@@ -85,7 +85,7 @@ class TestHandOver:
 
             async with create_task_group() as tg:
                 tg.start_soon(taker, a)
-                await eventually(lambda: a.statistics().keys_waiting == 1)
+                await eventually(lambda: queued(redis_server) == 1)
                 assert await b.wake("k", b"v") == Woke(1)
             assert got == [b"v"]
             assert await b.wake("k", b"late") == NoMatch(b"late")
@@ -226,7 +226,7 @@ class TestOtherThreads:
 
             async with create_task_group() as tg:
                 tg.start_soon(taker)
-                await eventually(lambda: wm.statistics().keys_waiting == 1)
+                await eventually(lambda: queued(redis_server) == 1)
                 assert await anyio.to_thread.run_sync(in_a_thread) == Woke(1)
             assert got == [b"from a thread"]
             await settle(wm)
@@ -242,7 +242,9 @@ class TestOtherThreads:
             wm = RedisWaitMap.connect(redis_server.url(), name=NAME)
             with portal.wrap_async_context_manager(wm):
                 taken = portal.start_task_soon(wm.take, "k")
-                while not wm.statistics().keys_waiting:  # registered in Redis
+                deadline = time.monotonic() + 10
+                while not queued(redis_server):  # registered in Redis
+                    assert time.monotonic() < deadline, "the take never registered"
                     time.sleep(0.01)
                 assert portal.call(wm.wake, "k", b"from outside") == Woke(1)
                 assert taken.result(timeout=10) == b"from outside"
